@@ -1,0 +1,1030 @@
+//! The consumer: one connection per nsqd, found from fixed addresses and nsqlookupd, with RDY
+//! spread so that the total in flight never exceeds `max_in_flight`.
+//!
+//! Three kinds of task cooperate:
+//! - a **connection task** per nsqd connects, subscribes, turns message frames into
+//!   [`Message`]s, answers heartbeats, and writes FIN/REQ/TOUCH/RDY/CLS in batches. It
+//!   reconnects with jittered backoff until its node is removed or the consumer closes;
+//! - a **lookup task** per consumer asks every nsqlookupd for the topic's producers on an
+//!   interval and reports the union;
+//! - the **manager** owns the set of nodes, adds and drops them, and decides every RDY count.
+//!
+//! RDY budget: the manager counts, per connection, `max(rdy, in_flight)` (a connection whose
+//! RDY was lowered still holds its in-flight messages) and never grants a connection more
+//! than what `max_in_flight` leaves after the others. With more nsqd nodes than
+//! `max_in_flight`, RDY 1 rotates over the nodes, as go-nsq does. After a failed message
+//! ([`Message::requeue`]) every connection goes to RDY 0 for a growing, capped time, then one
+//! connection tests with RDY 1; successes walk the backoff back down.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{broadcast, mpsc, watch, Notify};
+use tokio::time::Instant;
+
+use crate::backoff::{capped, Backoff};
+use crate::config::{check_tcp_address, lookupd_url, ConsumerConfig};
+use crate::conn::{self, ReadError};
+use crate::error::{ConfigError, InvalidInput};
+use crate::events::{Event, Events};
+use crate::message::{ConnCommand, ConnHandle, Message, Outcome};
+use crate::protocol::{self, encode, Frame};
+
+/// Messages delivered to this consumer. `recv` returns `None` once the consumer is closed
+/// and every connection has ended.
+#[derive(Debug)]
+pub struct Messages {
+    rx: mpsc::UnboundedReceiver<Message>,
+}
+
+impl Messages {
+    /// The next message, or `None` after close.
+    pub async fn recv(&mut self) -> Option<Message> {
+        self.rx.recv().await
+    }
+
+    /// A message if one is already waiting.
+    pub fn try_recv(&mut self) -> Option<Message> {
+        self.rx.try_recv().ok()
+    }
+}
+
+/// One nsqd as the consumer sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStats {
+    /// The nsqd address.
+    pub addr: String,
+    /// Whether a connection is open and subscribed.
+    pub connected: bool,
+    /// RDY last sent on it.
+    pub rdy: u32,
+    /// Messages delivered on it and not yet finished or requeued.
+    pub in_flight: u32,
+}
+
+/// A snapshot of the consumer's connections.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConsumerStats {
+    /// Every node in use.
+    pub nodes: Vec<NodeStats>,
+}
+
+impl ConsumerStats {
+    /// Open, subscribed connections.
+    pub fn connections(&self) -> usize {
+        self.nodes.iter().filter(|n| n.connected).count()
+    }
+
+    /// Messages in flight over all connections.
+    pub fn in_flight(&self) -> u32 {
+        self.nodes.iter().map(|n| n.in_flight).sum()
+    }
+}
+
+enum Control {
+    Close,
+}
+
+/// Reports from connection and lookup tasks to the manager.
+enum Report {
+    Up {
+        addr: String,
+        handle: Arc<ConnHandle>,
+        max_rdy: u32,
+    },
+    Down {
+        addr: String,
+    },
+    Ended {
+        addr: String,
+    },
+    Discovered(BTreeSet<String>),
+}
+
+struct NodeCtl {
+    stop: AtomicBool,
+    wake: Notify,
+}
+
+struct Node {
+    fixed: bool,
+    discovered: bool,
+    ctl: Arc<NodeCtl>,
+    live: Option<(Arc<ConnHandle>, u32)>,
+    rdy: u32,
+    stopping: bool,
+}
+
+type Snapshot = Arc<Mutex<BTreeMap<String, (Option<Arc<ConnHandle>>, u32)>>>;
+
+struct Shared {
+    control: mpsc::UnboundedSender<Control>,
+    events: Events,
+    snapshot: Snapshot,
+    done: watch::Receiver<bool>,
+    topic: String,
+    channel: String,
+}
+
+/// Consumes one topic on one channel from every nsqd that carries it.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = nsq::ConsumerConfig {
+///     lookupd_http_addresses: vec!["127.0.0.1:4161".into()],
+///     max_in_flight: 200,
+///     ..Default::default()
+/// };
+/// let (consumer, mut messages) = nsq::Consumer::new("sensor_data", "worker", config)?;
+/// while let Some(msg) = messages.recv().await {
+///     // ... handle msg.body() ...
+///     msg.finish();
+/// }
+/// # consumer.close().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Consumer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("topic", &self.shared.topic)
+            .field("channel", &self.shared.channel)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Consumer {
+    /// Starts consuming `topic` on `channel`. Connections are made in the background; the
+    /// returned [`Messages`] yields what they deliver. Must be called inside a tokio runtime.
+    pub fn new(
+        topic: &str,
+        channel: &str,
+        config: ConsumerConfig,
+    ) -> Result<(Consumer, Messages), ConfigError> {
+        if !protocol::is_valid_topic_name(topic) {
+            return Err(InvalidInput::TopicName(topic.to_string()).into());
+        }
+        if !protocol::is_valid_channel_name(channel) {
+            return Err(InvalidInput::ChannelName(channel.to_string()).into());
+        }
+        if config.max_in_flight == 0 {
+            return Err(ConfigError::MaxInFlight);
+        }
+        if config.nsqd_tcp_addresses.is_empty() && config.lookupd_http_addresses.is_empty() {
+            return Err(ConfigError::NoSources);
+        }
+        for a in &config.nsqd_tcp_addresses {
+            check_tcp_address(a)?;
+        }
+        let lookupds = config
+            .lookupd_http_addresses
+            .iter()
+            .map(|a| lookupd_url(a))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let (msg_tx, msg_rx) = mpsc::unbounded_channel();
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let (done_tx, done_rx) = watch::channel(false);
+        let events = Events::new();
+        let snapshot: Snapshot = Arc::default();
+        let shared = Arc::new(Shared {
+            control: control_tx,
+            events: events.clone(),
+            snapshot: Arc::clone(&snapshot),
+            done: done_rx,
+            topic: topic.to_string(),
+            channel: channel.to_string(),
+        });
+        let manager = Manager::new(
+            topic.to_string(),
+            channel.to_string(),
+            config,
+            lookupds,
+            events,
+            snapshot,
+            msg_tx,
+        );
+        tokio::spawn(async move {
+            manager.run(control_rx).await;
+            let _ = done_tx.send(true);
+        });
+        Ok((Consumer { shared }, Messages { rx: msg_rx }))
+    }
+
+    /// Every connection event from now on.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.shared.events.subscribe()
+    }
+
+    /// The topic consumed.
+    pub fn topic(&self) -> &str {
+        &self.shared.topic
+    }
+
+    /// The channel consumed.
+    pub fn channel(&self) -> &str {
+        &self.shared.channel
+    }
+
+    /// Connections and in-flight counts right now.
+    pub fn stats(&self) -> ConsumerStats {
+        let nodes = self
+            .shared
+            .snapshot
+            .lock()
+            .map(|s| {
+                s.iter()
+                    .map(|(addr, (handle, rdy))| NodeStats {
+                        addr: addr.clone(),
+                        connected: handle.is_some(),
+                        rdy: *rdy,
+                        in_flight: handle
+                            .as_ref()
+                            .map(|h| h.in_flight.load(Ordering::Relaxed))
+                            .unwrap_or(0),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        ConsumerStats { nodes }
+    }
+
+    /// Closes cleanly: sends CLS on every connection, waits (up to `close_timeout`) until
+    /// every delivered message is finished or requeued, then closes the connections. Keep
+    /// handling messages while this runs; [`Messages::recv`] returns `None` at the end.
+    pub async fn close(&self) {
+        let _ = self.shared.control.send(Control::Close);
+        let mut done = self.shared.done.clone();
+        let _ = done.wait_for(|d| *d).await;
+    }
+}
+
+struct Manager {
+    topic: String,
+    channel: String,
+    config: ConsumerConfig,
+    lookupds: Vec<String>,
+    events: Events,
+    snapshot: Snapshot,
+    msg_tx: Option<mpsc::UnboundedSender<Message>>,
+    nodes: BTreeMap<String, Node>,
+    reports_tx: mpsc::UnboundedSender<Report>,
+    reports_rx: mpsc::UnboundedReceiver<Report>,
+    outcomes_tx: mpsc::UnboundedSender<Outcome>,
+    outcomes_rx: mpsc::UnboundedReceiver<Outcome>,
+    report_success: Arc<AtomicBool>,
+    closing: bool,
+    backoff: BackoffState,
+    rotation: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Normal,
+    Paused(Instant),
+    Testing,
+}
+
+struct BackoffState {
+    level: u32,
+    phase: Phase,
+}
+
+impl Manager {
+    fn new(
+        topic: String,
+        channel: String,
+        config: ConsumerConfig,
+        lookupds: Vec<String>,
+        events: Events,
+        snapshot: Snapshot,
+        msg_tx: mpsc::UnboundedSender<Message>,
+    ) -> Self {
+        let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+        let (outcomes_tx, outcomes_rx) = mpsc::unbounded_channel();
+        Manager {
+            topic,
+            channel,
+            config,
+            lookupds,
+            events,
+            snapshot,
+            msg_tx: Some(msg_tx),
+            nodes: BTreeMap::new(),
+            reports_tx,
+            reports_rx,
+            outcomes_tx,
+            outcomes_rx,
+            report_success: Arc::new(AtomicBool::new(false)),
+            closing: false,
+            backoff: BackoffState {
+                level: 0,
+                phase: Phase::Normal,
+            },
+            rotation: 0,
+        }
+    }
+
+    async fn run(mut self, mut control: mpsc::UnboundedReceiver<Control>) {
+        for addr in self.config.nsqd_tcp_addresses.clone() {
+            self.add_node(addr, true);
+        }
+        let lookup_task = if self.lookupds.is_empty() {
+            None
+        } else {
+            Some(tokio::spawn(lookup_loop(
+                self.lookupds.clone(),
+                self.topic.clone(),
+                self.config.lookupd_poll_interval,
+                self.reports_tx.clone(),
+                self.events.clone(),
+            )))
+        };
+        let mut recheck: Option<Instant> = None;
+        let mut rotate = tokio::time::interval(
+            self.config
+                .rdy_redistribute_interval
+                .max(Duration::from_millis(10)),
+        );
+        rotate.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if self.closing && self.nodes.is_empty() {
+                break;
+            }
+            let pause_until = match self.backoff.phase {
+                Phase::Paused(t) => Some(t),
+                _ => None,
+            };
+            let far = Instant::now() + Duration::from_secs(3600);
+            tokio::select! {
+                c = control.recv() => match c {
+                    Some(Control::Close) | None => {
+                        if !self.closing {
+                            self.start_close();
+                            if let Some(t) = &lookup_task { t.abort(); }
+                        }
+                    }
+                },
+                Some(report) = self.reports_rx.recv() => self.on_report(report),
+                Some(outcome) = self.outcomes_rx.recv() => self.on_outcome(outcome),
+                _ = tokio::time::sleep_until(pause_until.unwrap_or(far)), if pause_until.is_some() => {
+                    self.backoff.phase = Phase::Testing;
+                }
+                _ = tokio::time::sleep_until(recheck.unwrap_or(far)), if recheck.is_some() => {}
+                _ = rotate.tick() => {
+                    let live = self.nodes.values().filter(|n| n.live.is_some()).count();
+                    if live > self.config.max_in_flight as usize {
+                        self.rotation = self.rotation.wrapping_add(self.config.max_in_flight as usize);
+                    } else {
+                        // Nothing to rotate; still re-apply targets in case in-flight drained.
+                    }
+                }
+            }
+            let unmet = self.rebalance();
+            recheck = unmet.then(|| Instant::now() + Duration::from_millis(5));
+            self.publish_snapshot();
+        }
+        if let Some(t) = lookup_task {
+            t.abort();
+        }
+        // Dropping the last sender ends `Messages`.
+        self.msg_tx = None;
+    }
+
+    fn add_node(&mut self, addr: String, fixed: bool) {
+        if let Some(node) = self.nodes.get_mut(&addr) {
+            node.fixed |= fixed;
+            node.discovered |= !fixed;
+            return;
+        }
+        let Some(msg_tx) = self.msg_tx.clone() else {
+            return;
+        };
+        let ctl = Arc::new(NodeCtl {
+            stop: AtomicBool::new(false),
+            wake: Notify::new(),
+        });
+        let task = ConnTask {
+            addr: addr.clone(),
+            topic: self.topic.clone(),
+            channel: self.channel.clone(),
+            config: self.config.clone(),
+            ctl: Arc::clone(&ctl),
+            reports: self.reports_tx.clone(),
+            outcomes: self.outcomes_tx.clone(),
+            report_success: Arc::clone(&self.report_success),
+            msg_tx,
+            events: self.events.clone(),
+        };
+        tokio::spawn(task.run());
+        self.events.emit(Event::NodeAdded { addr: addr.clone() });
+        self.nodes.insert(
+            addr,
+            Node {
+                fixed,
+                discovered: !fixed,
+                ctl,
+                live: None,
+                rdy: 0,
+                stopping: false,
+            },
+        );
+    }
+
+    fn stop_node(&mut self, addr: &str) {
+        if let Some(node) = self.nodes.get_mut(addr) {
+            if node.stopping {
+                return;
+            }
+            node.stopping = true;
+            node.ctl.stop.store(true, Ordering::SeqCst);
+            node.ctl.wake.notify_one();
+            if let Some((handle, _)) = &node.live {
+                let _ = handle.tx.send(ConnCommand::Cls);
+            }
+        }
+    }
+
+    fn start_close(&mut self) {
+        self.closing = true;
+        let addrs: Vec<String> = self.nodes.keys().cloned().collect();
+        for addr in addrs {
+            self.stop_node(&addr);
+        }
+    }
+
+    fn on_report(&mut self, report: Report) {
+        match report {
+            Report::Up {
+                addr,
+                handle,
+                max_rdy,
+            } => {
+                if let Some(node) = self.nodes.get_mut(&addr) {
+                    if node.stopping {
+                        let _ = handle.tx.send(ConnCommand::Cls);
+                    }
+                    node.live = Some((handle, max_rdy));
+                    node.rdy = 0;
+                }
+            }
+            Report::Down { addr } => {
+                if let Some(node) = self.nodes.get_mut(&addr) {
+                    node.live = None;
+                    node.rdy = 0;
+                }
+            }
+            Report::Ended { addr } => {
+                if self.nodes.remove(&addr).is_some() {
+                    self.events.emit(Event::NodeRemoved { addr });
+                }
+            }
+            Report::Discovered(found) => {
+                if self.closing {
+                    return;
+                }
+                for addr in &found {
+                    self.add_node(addr.clone(), false);
+                }
+                let gone: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .filter(|(a, n)| n.discovered && !n.fixed && !found.contains(*a))
+                    .map(|(a, _)| a.clone())
+                    .collect();
+                for addr in gone {
+                    tracing::info!(nsqd = %addr, topic = %self.topic, "nsqlookupd no longer lists this nsqd: dropping it");
+                    self.stop_node(&addr);
+                }
+            }
+        }
+    }
+
+    fn on_outcome(&mut self, outcome: Outcome) {
+        let now = Instant::now();
+        match (outcome, self.backoff.phase) {
+            // Outcomes of messages delivered before the pause do not move the backoff.
+            (_, Phase::Paused(_)) => {}
+            (Outcome::Failure, _) => {
+                self.backoff.level = (self.backoff.level + 1).min(32);
+                let d = capped(
+                    self.config.backoff_initial,
+                    self.config.backoff_max,
+                    self.backoff.level - 1,
+                );
+                tracing::warn!(level = self.backoff.level, pause = ?d, topic = %self.topic, channel = %self.channel, "message failed: backing off (RDY 0)");
+                self.backoff.phase = Phase::Paused(now + d);
+                self.report_success.store(true, Ordering::Relaxed);
+            }
+            (Outcome::Success, _) => {
+                if self.backoff.level == 0 {
+                    return;
+                }
+                self.backoff.level -= 1;
+                if self.backoff.level == 0 {
+                    tracing::info!(topic = %self.topic, channel = %self.channel, "backoff over: resuming full RDY");
+                    self.backoff.phase = Phase::Normal;
+                    self.report_success.store(false, Ordering::Relaxed);
+                } else {
+                    let d = capped(
+                        self.config.backoff_initial,
+                        self.config.backoff_max,
+                        self.backoff.level - 1,
+                    );
+                    self.backoff.phase = Phase::Paused(now + d);
+                }
+            }
+        }
+    }
+
+    /// Sets RDY on every connection towards its target without breaking the budget.
+    /// Returns true when some target could not be met yet (in-flight still draining).
+    fn rebalance(&mut self) -> bool {
+        let max = self.config.max_in_flight;
+        let live: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.live.is_some() && !n.stopping)
+            .map(|(a, _)| a.clone())
+            .collect();
+        let mut targets: BTreeMap<String, u32> = BTreeMap::new();
+        let n = live.len();
+        if n > 0 && !self.closing {
+            match self.backoff.phase {
+                Phase::Paused(_) => {}
+                Phase::Testing => {
+                    let pick = &live[self.rotation % n];
+                    targets.insert(pick.clone(), 1);
+                }
+                Phase::Normal => {
+                    if n <= max as usize {
+                        let base = max / n as u32;
+                        let extra = (max % n as u32) as usize;
+                        for (i, a) in live.iter().enumerate() {
+                            targets.insert(a.clone(), base + u32::from(i < extra));
+                        }
+                    } else {
+                        for k in 0..max as usize {
+                            let a = &live[(self.rotation + k) % n];
+                            targets.insert(a.clone(), 1);
+                        }
+                    }
+                }
+            }
+        }
+        // Cap by nsqd's max RDY.
+        for (a, t) in targets.iter_mut() {
+            if let Some((_, max_rdy)) = self.nodes.get(a).and_then(|n| n.live.as_ref()) {
+                *t = (*t).min((*max_rdy).max(1));
+            }
+        }
+        // First lower, then raise within the budget.
+        for (addr, node) in self.nodes.iter_mut() {
+            let target = targets.get(addr).copied().unwrap_or(0);
+            if let Some((handle, _)) = &node.live {
+                if target < node.rdy {
+                    node.rdy = target;
+                    if !node.stopping {
+                        let _ = handle.tx.send(ConnCommand::Rdy(target));
+                    }
+                }
+            }
+        }
+        let usage = |node: &Node| -> u32 {
+            match &node.live {
+                Some((h, _)) => node.rdy.max(h.in_flight.load(Ordering::Relaxed)),
+                None => 0,
+            }
+        };
+        let mut unmet = false;
+        let addrs: Vec<String> = targets.keys().cloned().collect();
+        for addr in addrs {
+            let target = targets[&addr];
+            let others: u32 = self
+                .nodes
+                .iter()
+                .filter(|(a, _)| **a != addr)
+                .map(|(_, n)| usage(n))
+                .sum();
+            let Some(node) = self.nodes.get_mut(&addr) else {
+                continue;
+            };
+            if target <= node.rdy {
+                continue;
+            }
+            let grant = target.min(max.saturating_sub(others));
+            if grant > node.rdy {
+                node.rdy = grant;
+                if let Some((handle, _)) = &node.live {
+                    let _ = handle.tx.send(ConnCommand::Rdy(grant));
+                }
+            }
+            if node.rdy < target {
+                unmet = true;
+            }
+        }
+        unmet
+    }
+
+    fn publish_snapshot(&self) {
+        if let Ok(mut s) = self.snapshot.lock() {
+            s.clear();
+            for (addr, node) in &self.nodes {
+                s.insert(
+                    addr.clone(),
+                    (node.live.as_ref().map(|(h, _)| Arc::clone(h)), node.rdy),
+                );
+            }
+        }
+    }
+}
+
+/// Everything one connection task needs.
+struct ConnTask {
+    addr: String,
+    topic: String,
+    channel: String,
+    config: ConsumerConfig,
+    ctl: Arc<NodeCtl>,
+    reports: mpsc::UnboundedSender<Report>,
+    outcomes: mpsc::UnboundedSender<Outcome>,
+    report_success: Arc<AtomicBool>,
+    msg_tx: mpsc::UnboundedSender<Message>,
+    events: Events,
+}
+
+impl ConnTask {
+    async fn run(self) {
+        let mut backoff = Backoff::new(
+            self.config.connection.reconnect_initial,
+            self.config.connection.reconnect_max,
+        );
+        loop {
+            if self.ctl.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let reason = match self.connect_and_subscribe().await {
+                Ok((connection, max_rdy)) => {
+                    backoff.reset();
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    let handle = Arc::new(ConnHandle {
+                        addr: self.addr.clone(),
+                        tx,
+                        in_flight: AtomicU32::new(0),
+                        report_success: Arc::clone(&self.report_success),
+                        outcomes: self.outcomes.clone(),
+                    });
+                    self.events.emit(Event::Connected {
+                        addr: self.addr.clone(),
+                    });
+                    let _ = self.reports.send(Report::Up {
+                        addr: self.addr.clone(),
+                        handle: Arc::clone(&handle),
+                        max_rdy,
+                    });
+                    let end = self.pump(connection, &handle, rx).await;
+                    handle.in_flight.store(0, Ordering::Relaxed);
+                    let _ = self.reports.send(Report::Down {
+                        addr: self.addr.clone(),
+                    });
+                    match end {
+                        Ok(()) => {
+                            self.events.emit(Event::Disconnected {
+                                addr: self.addr.clone(),
+                                reason: "closed (CLS)".into(),
+                            });
+                            break;
+                        }
+                        Err(reason) => reason,
+                    }
+                }
+                Err(reason) => reason,
+            };
+            self.events.emit(Event::Disconnected {
+                addr: self.addr.clone(),
+                reason,
+            });
+            if self.ctl.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let delay = backoff.next_delay();
+            self.events.emit(Event::Reconnecting {
+                addr: self.addr.clone(),
+                attempt: backoff.attempt(),
+                delay,
+            });
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.ctl.wake.notified() => {}
+            }
+        }
+        let _ = self.reports.send(Report::Ended {
+            addr: self.addr.clone(),
+        });
+    }
+
+    async fn connect_and_subscribe(&self) -> Result<(conn::Connection, u32), String> {
+        let mut connection = conn::connect(&self.addr, &self.config.connection)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out = BytesMut::new();
+        encode::sub(&mut out, &self.topic, &self.channel);
+        connection
+            .writer
+            .write_all(&out)
+            .await
+            .map_err(|e| format!("SUB write failed: {e}"))?;
+        connection
+            .writer
+            .flush()
+            .await
+            .map_err(|e| format!("SUB write failed: {e}"))?;
+        let resp = conn::handshake_response(
+            &self.addr,
+            "SUB",
+            self.config.connection.connect_timeout,
+            &mut connection.reader,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        if resp.as_ref() != protocol::OK {
+            return Err(format!(
+                "unexpected answer to SUB: {}",
+                String::from_utf8_lossy(&resp)
+            ));
+        }
+        let max_rdy = u32::try_from(connection.identify.max_rdy_count)
+            .ok()
+            .filter(|m| *m > 0)
+            .unwrap_or(2500);
+        Ok((connection, max_rdy))
+    }
+
+    /// Runs a subscribed connection. `Ok(())` after a clean CLS drain, `Err(reason)` when it
+    /// failed.
+    async fn pump(
+        &self,
+        connection: conn::Connection,
+        handle: &Arc<ConnHandle>,
+        mut rx: mpsc::UnboundedReceiver<ConnCommand>,
+    ) -> Result<(), String> {
+        let conn::Connection {
+            mut reader,
+            mut writer,
+            ..
+        } = connection;
+        let nop = Notify::new();
+        let close_wait = AtomicBool::new(false);
+        let drained = Notify::new();
+        let max_attempts = self.config.max_attempts;
+        let close_timeout = self.config.close_timeout;
+
+        let read_loop = async {
+            loop {
+                let frame = match reader.next().await {
+                    Ok(Some(f)) => f,
+                    Ok(None) => return Err("nsqd closed the connection".to_string()),
+                    Err(ReadError::Io(e)) => return Err(format!("read failed: {e}")),
+                    Err(ReadError::Protocol(e)) => return Err(e.to_string()),
+                };
+                match frame {
+                    Frame::Message(raw) => {
+                        handle.in_flight.fetch_add(1, Ordering::Relaxed);
+                        let msg = Message::new(raw, Arc::clone(handle), max_attempts);
+                        if let Err(mpsc::error::SendError(msg)) = self.msg_tx.send(msg) {
+                            // Nobody reads any more: the drop requeues it.
+                            drop(msg);
+                        }
+                    }
+                    Frame::Response(r) if r.as_ref() == protocol::HEARTBEAT => nop.notify_one(),
+                    Frame::Response(r) if r.as_ref() == protocol::CLOSE_WAIT => {
+                        tracing::debug!(nsqd = %self.addr, "CLOSE_WAIT: draining in-flight messages");
+                        close_wait.store(true, Ordering::SeqCst);
+                        drained.notify_one();
+                    }
+                    Frame::Response(r) => {
+                        tracing::debug!(nsqd = %self.addr, response = %String::from_utf8_lossy(&r), "response");
+                    }
+                    Frame::Error(e) => {
+                        // E_FIN_FAILED, E_REQ_FAILED, E_TOUCH_FAILED are not fatal (the message
+                        // timed out and was redelivered); fatal errors are followed by nsqd
+                        // closing the connection, which the read above reports.
+                        tracing::warn!(nsqd = %self.addr, error = %String::from_utf8_lossy(&e), "nsqd error");
+                    }
+                }
+            }
+        };
+
+        let write_loop = async {
+            let mut buf = BytesMut::with_capacity(16 * 1024);
+            let mut deadline: Option<Instant> = None;
+            loop {
+                if close_wait.load(Ordering::SeqCst)
+                    && handle.in_flight.load(Ordering::Relaxed) == 0
+                {
+                    return Ok(());
+                }
+                let far = Instant::now() + Duration::from_secs(3600);
+                let mut finished = 0u32;
+                tokio::select! {
+                    biased;
+                    _ = nop.notified() => encode::nop(&mut buf),
+                    _ = drained.notified() => {}
+                    _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
+                        let left = handle.in_flight.load(Ordering::Relaxed);
+                        tracing::warn!(nsqd = %self.addr, in_flight = left, "close timeout: closing with messages in flight (nsqd requeues them)");
+                        return Ok(());
+                    }
+                    cmd = rx.recv() => match cmd {
+                        Some(cmd) => {
+                            if matches!(cmd, ConnCommand::Cls) && deadline.is_none() {
+                                deadline = Some(Instant::now() + close_timeout);
+                            }
+                            finished += encode_cmd(&mut buf, cmd);
+                        }
+                        None => return Err("connection handle dropped".to_string()),
+                    },
+                }
+                while buf.len() < 64 * 1024 {
+                    match rx.try_recv() {
+                        Ok(cmd) => {
+                            if matches!(cmd, ConnCommand::Cls) && deadline.is_none() {
+                                deadline = Some(Instant::now() + close_timeout);
+                            }
+                            finished += encode_cmd(&mut buf, cmd);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if !buf.is_empty() {
+                    writer
+                        .write_all(&buf)
+                        .await
+                        .map_err(|e| format!("write failed: {e}"))?;
+                    writer
+                        .flush()
+                        .await
+                        .map_err(|e| format!("flush failed: {e}"))?;
+                    buf.clear();
+                }
+                if finished > 0 {
+                    // Saturating: a FIN for a message that timed out is still counted once.
+                    let _ =
+                        handle
+                            .in_flight
+                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                                Some(v.saturating_sub(finished))
+                            });
+                }
+            }
+        };
+
+        let result = tokio::select! {
+            r = read_loop => r,
+            r = write_loop => r,
+        };
+        if result.is_ok() {
+            let _ = writer.shutdown().await;
+        }
+        result
+    }
+}
+
+/// Encodes one command; returns 1 when it ends a message's flight (FIN or REQ).
+fn encode_cmd(buf: &mut BytesMut, cmd: ConnCommand) -> u32 {
+    match cmd {
+        ConnCommand::Fin(id) => {
+            encode::fin(buf, &id);
+            1
+        }
+        ConnCommand::Req(id, delay) => {
+            encode::req(buf, &id, delay);
+            1
+        }
+        ConnCommand::Touch(id) => {
+            encode::touch(buf, &id);
+            0
+        }
+        ConnCommand::Rdy(n) => {
+            encode::rdy(buf, n);
+            0
+        }
+        ConnCommand::Cls => {
+            encode::cls(buf);
+            0
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct LookupResponse {
+    #[serde(default)]
+    producers: Vec<LookupProducer>,
+}
+
+#[derive(serde::Deserialize)]
+struct LookupProducer {
+    broadcast_address: String,
+    tcp_port: u16,
+}
+
+/// Asks every lookupd on an interval; reports the union of the nodes of those that answered.
+async fn lookup_loop(
+    urls: Vec<String>,
+    topic: String,
+    interval: Duration,
+    reports: mpsc::UnboundedSender<Report>,
+    events: Events,
+) {
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            events.emit(Event::LookupFailed {
+                url: urls.join(","),
+                reason: format!("cannot build an HTTP client: {e}"),
+            });
+            return;
+        }
+    };
+    loop {
+        let mut set = tokio::task::JoinSet::new();
+        for url in &urls {
+            let client = client.clone();
+            let url = url.clone();
+            let topic = topic.clone();
+            set.spawn(async move {
+                let r = query_lookupd(&client, &url, &topic).await;
+                (url, r)
+            });
+        }
+        let mut found = BTreeSet::new();
+        let mut any_ok = false;
+        while let Some(joined) = set.join_next().await {
+            let Ok((url, result)) = joined else { continue };
+            match result {
+                Ok(nodes) => {
+                    any_ok = true;
+                    found.extend(nodes);
+                }
+                Err(reason) => events.emit(Event::LookupFailed { url, reason }),
+            }
+        }
+        if any_ok && reports.send(Report::Discovered(found)).is_err() {
+            return;
+        }
+        let jitter = rand::Rng::random_range(&mut rand::rng(), 0.9..1.1);
+        tokio::time::sleep(interval.mul_f64(jitter)).await;
+    }
+}
+
+async fn query_lookupd(
+    client: &reqwest::Client,
+    base: &str,
+    topic: &str,
+) -> Result<BTreeSet<String>, String> {
+    let url = format!("{base}/lookup");
+    let resp = client
+        .get(&url)
+        .query(&[("topic", topic)])
+        .header("Accept", "application/vnd.nsq; version=1.0")
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    if status == reqwest::StatusCode::NOT_FOUND {
+        // TOPIC_NOT_FOUND: nobody has published it yet.
+        return Ok(BTreeSet::new());
+    }
+    if !status.is_success() {
+        return Err(format!("HTTP {status}"));
+    }
+    let body: LookupResponse = resp
+        .json()
+        .await
+        .map_err(|e| format!("bad /lookup answer: {e}"))?;
+    Ok(body
+        .producers
+        .into_iter()
+        .map(|p| join_host_port(&p.broadcast_address, p.tcp_port))
+        .collect())
+}
+
+fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}

@@ -1,0 +1,93 @@
+//! Connection-state changes, published to every subscriber and logged through `tracing`.
+//!
+//! Nothing here stays silent: every connect, disconnect (with its reason) and reconnect
+//! attempt becomes an [`Event`].
+
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+
+/// A change in a producer's or consumer's connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A connection to nsqd is open and identified (and subscribed, for a consumer).
+    Connected {
+        /// The nsqd address.
+        addr: String,
+    },
+    /// A connection ended or could not be made.
+    Disconnected {
+        /// The nsqd address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The next connection attempt is scheduled.
+    Reconnecting {
+        /// The nsqd address.
+        addr: String,
+        /// Failed attempts in a row so far.
+        attempt: u32,
+        /// Delay before the attempt.
+        delay: Duration,
+    },
+    /// A consumer started to use an nsqd (fixed or discovered).
+    NodeAdded {
+        /// The nsqd address.
+        addr: String,
+    },
+    /// A consumer stopped using an nsqd (lookupd no longer lists it, or close()).
+    NodeRemoved {
+        /// The nsqd address.
+        addr: String,
+    },
+    /// A lookupd query failed; discovery goes on with the others.
+    LookupFailed {
+        /// The lookupd URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A sender that logs each event and never fails when nobody listens.
+#[derive(Clone, Debug)]
+pub(crate) struct Events {
+    tx: broadcast::Sender<Event>,
+}
+
+impl Events {
+    pub(crate) fn new() -> Self {
+        let (tx, _) = broadcast::channel(1024);
+        Events { tx }
+    }
+
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.tx.subscribe()
+    }
+
+    pub(crate) fn emit(&self, event: Event) {
+        match &event {
+            Event::Connected { addr } => tracing::info!(nsqd = %addr, "connected to nsqd"),
+            Event::Disconnected { addr, reason } => {
+                tracing::warn!(nsqd = %addr, %reason, "disconnected from nsqd")
+            }
+            Event::Reconnecting {
+                addr,
+                attempt,
+                delay,
+            } => {
+                tracing::info!(nsqd = %addr, attempt, ?delay, "reconnecting to nsqd")
+            }
+            Event::NodeAdded { addr } => tracing::info!(nsqd = %addr, "consuming from nsqd"),
+            Event::NodeRemoved { addr } => {
+                tracing::info!(nsqd = %addr, "stopped consuming from nsqd")
+            }
+            Event::LookupFailed { url, reason } => {
+                tracing::warn!(lookupd = %url, %reason, "nsqlookupd query failed")
+            }
+        }
+        // No receivers is fine: events are also logged.
+        let _ = self.tx.send(event);
+    }
+}

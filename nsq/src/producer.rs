@@ -1,0 +1,522 @@
+//! The producer: publishes that resolve only when nsqd has answered.
+//!
+//! One background task owns the connection and reconnects forever with capped, jittered
+//! backoff. Publishes are pipelined: the writer encodes every queued command into one buffer
+//! and writes it as soon as it has drained the queue (no timer), and records the caller's reply
+//! slot in write order; the reader answers those slots in the same order as nsqd's responses
+//! arrive. A command that was written but not answered when the connection drops fails with
+//! [`PublishError::ConnectionLost`]; one that was never written stays queued for the next
+//! connection until its caller's timeout. Nothing is reported as published that nsqd did not
+//! confirm.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
+
+use crate::backoff::Backoff;
+use crate::config::{check_tcp_address, ProducerConfig};
+use crate::conn::{self, ReadError};
+use crate::error::{ConfigError, InvalidInput, PublishError};
+use crate::events::{Event, Events};
+use crate::protocol::{self, encode, Frame};
+
+type Reply = oneshot::Sender<Result<(), PublishError>>;
+
+enum Command {
+    Pub {
+        topic: String,
+        body: Bytes,
+    },
+    MPub {
+        topic: String,
+        bodies: Vec<Bytes>,
+    },
+    DPub {
+        topic: String,
+        defer_ms: u64,
+        body: Bytes,
+    },
+}
+
+struct Request {
+    cmd: Command,
+    reply: Reply,
+}
+
+/// Whether the producer's connection is up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionState {
+    /// Not connected yet, or reconnecting.
+    Connecting,
+    /// Connected and identified.
+    Connected,
+    /// The last attempt or connection failed.
+    Disconnected {
+        /// Why.
+        reason: String,
+    },
+    /// `close()` was called.
+    Closed,
+}
+
+struct Shared {
+    addr: String,
+    config: ProducerConfig,
+    /// Dropping the last `Producer` drops this sender, which ends the connection task.
+    tx: mpsc::Sender<Request>,
+    ctl: Arc<Control>,
+    state: Arc<watch::Sender<ConnectionState>>,
+    events: Events,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// What the connection task shares with the handles, without keeping them alive.
+struct Control {
+    closed: AtomicBool,
+    close_now: Notify,
+}
+
+/// What the connection task owns.
+struct Task {
+    addr: String,
+    config: ProducerConfig,
+    ctl: Arc<Control>,
+    state: Arc<watch::Sender<ConnectionState>>,
+    events: Events,
+}
+
+/// Publishes to one nsqd. Cheap to clone; all clones share one connection.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+/// let producer = nsq::Producer::connect("127.0.0.1:4150", nsq::ProducerConfig::default())?;
+/// producer.publish("sensor_data", &b"hello"[..]).await?; // resolves when nsqd said OK
+/// producer.close().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Producer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("addr", &self.shared.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Producer {
+    /// Starts a producer for nsqd at `addr` (`host:port`). It connects in the background and
+    /// keeps reconnecting; publishes wait for the connection up to `publish_timeout`.
+    /// Must be called inside a tokio runtime.
+    pub fn connect(addr: &str, config: ProducerConfig) -> Result<Producer, ConfigError> {
+        check_tcp_address(addr)?;
+        let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+        let (state, _) = watch::channel(ConnectionState::Connecting);
+        let ctl = Arc::new(Control {
+            closed: AtomicBool::new(false),
+            close_now: Notify::new(),
+        });
+        let state = Arc::new(state);
+        let events = Events::new();
+        let task = Task {
+            addr: addr.to_string(),
+            config: config.clone(),
+            ctl: Arc::clone(&ctl),
+            state: Arc::clone(&state),
+            events: events.clone(),
+        };
+        let shared = Arc::new(Shared {
+            addr: addr.to_string(),
+            config,
+            tx,
+            ctl,
+            state,
+            events,
+            task: Mutex::new(None),
+        });
+        let task = tokio::spawn(run(task, rx));
+        if let Ok(mut slot) = shared.task.lock() {
+            *slot = Some(task);
+        }
+        Ok(Producer { shared })
+    }
+
+    /// The nsqd address.
+    pub fn addr(&self) -> &str {
+        &self.shared.addr
+    }
+
+    /// The connection state, as a watch channel (for readiness checks).
+    pub fn state(&self) -> watch::Receiver<ConnectionState> {
+        self.shared.state.subscribe()
+    }
+
+    /// True while connected.
+    pub fn is_connected(&self) -> bool {
+        *self.shared.state.borrow() == ConnectionState::Connected
+    }
+
+    /// Every connection event from now on.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.shared.events.subscribe()
+    }
+
+    /// Publishes one message; resolves when nsqd answered OK.
+    pub async fn publish(&self, topic: &str, body: impl Into<Bytes>) -> Result<(), PublishError> {
+        let body = body.into();
+        self.check_topic(topic)?;
+        self.check_body(&body)?;
+        self.send(Command::Pub {
+            topic: topic.to_string(),
+            body,
+        })
+        .await
+    }
+
+    /// Publishes a batch atomically with MPUB; resolves when nsqd answered OK for all of it.
+    pub async fn multi_publish(&self, topic: &str, bodies: Vec<Bytes>) -> Result<(), PublishError> {
+        self.check_topic(topic)?;
+        if bodies.is_empty() {
+            return Err(InvalidInput::EmptyBatch.into());
+        }
+        let mut total = 4usize;
+        for b in &bodies {
+            self.check_body(b)?;
+            total += 4 + b.len();
+        }
+        if total > self.shared.config.max_body_size {
+            return Err(InvalidInput::BatchTooLarge {
+                size: total,
+                max: self.shared.config.max_body_size,
+            }
+            .into());
+        }
+        self.send(Command::MPub {
+            topic: topic.to_string(),
+            bodies,
+        })
+        .await
+    }
+
+    /// Publishes one message that nsqd delivers only after `defer` (DPUB).
+    pub async fn deferred_publish(
+        &self,
+        topic: &str,
+        body: impl Into<Bytes>,
+        defer: Duration,
+    ) -> Result<(), PublishError> {
+        let body = body.into();
+        self.check_topic(topic)?;
+        self.check_body(&body)?;
+        if defer > Duration::from_secs(3600) {
+            return Err(InvalidInput::DeferTooLong(defer).into());
+        }
+        self.send(Command::DPub {
+            topic: topic.to_string(),
+            defer_ms: defer.as_millis() as u64,
+            body,
+        })
+        .await
+    }
+
+    /// Stops the producer: new publishes fail with [`PublishError::Closed`], those already
+    /// written are awaited (up to `publish_timeout`), then the connection is closed.
+    pub async fn close(&self) {
+        self.shared.ctl.closed.store(true, Ordering::SeqCst);
+        self.shared.ctl.close_now.notify_one();
+        let task = self.shared.task.lock().ok().and_then(|mut t| t.take());
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        self.shared.state.send_replace(ConnectionState::Closed);
+    }
+
+    fn check_topic(&self, topic: &str) -> Result<(), PublishError> {
+        if protocol::is_valid_topic_name(topic) {
+            Ok(())
+        } else {
+            Err(InvalidInput::TopicName(topic.to_string()).into())
+        }
+    }
+
+    fn check_body(&self, body: &[u8]) -> Result<(), PublishError> {
+        if body.is_empty() {
+            return Err(InvalidInput::EmptyBody.into());
+        }
+        let max = self.shared.config.max_msg_size;
+        if body.len() > max {
+            return Err(InvalidInput::BodyTooLarge {
+                size: body.len(),
+                max,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    async fn send(&self, cmd: Command) -> Result<(), PublishError> {
+        if self.shared.ctl.closed.load(Ordering::SeqCst) {
+            return Err(PublishError::Closed);
+        }
+        let timeout = self.shared.config.publish_timeout;
+        let (reply, rx) = oneshot::channel();
+        let fut = async {
+            self.shared
+                .tx
+                .send(Request { cmd, reply })
+                .await
+                .map_err(|_| PublishError::Closed)?;
+            rx.await.map_err(|_| PublishError::Closed)?
+        };
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(PublishError::Timeout {
+                addr: self.shared.addr.clone(),
+                timeout,
+            }),
+        }
+    }
+}
+
+/// The connection task: connect, pump, reconnect, until closed or every handle is dropped.
+async fn run(task: Task, mut rx: mpsc::Receiver<Request>) {
+    let Task {
+        addr,
+        config,
+        ctl,
+        state,
+        events,
+    } = task;
+    let mut backoff = Backoff::new(
+        config.connection.reconnect_initial,
+        config.connection.reconnect_max,
+    );
+    loop {
+        if ctl.closed.load(Ordering::SeqCst) || rx.is_closed() {
+            break;
+        }
+        state.send_replace(ConnectionState::Connecting);
+        let reason = match conn::connect(&addr, &config.connection).await {
+            Ok(connection) => {
+                backoff.reset();
+                state.send_replace(ConnectionState::Connected);
+                events.emit(Event::Connected { addr: addr.clone() });
+                match pump(&addr, &config, &ctl, connection, &mut rx).await {
+                    PumpEnd::Closed => break,
+                    PumpEnd::Failed(r) => r,
+                }
+            }
+            Err(e) => e.to_string(),
+        };
+        state.send_replace(ConnectionState::Disconnected {
+            reason: reason.clone(),
+        });
+        events.emit(Event::Disconnected {
+            addr: addr.clone(),
+            reason,
+        });
+        if ctl.closed.load(Ordering::SeqCst) {
+            break;
+        }
+        let delay = backoff.next_delay();
+        events.emit(Event::Reconnecting {
+            addr: addr.clone(),
+            attempt: backoff.attempt(),
+            delay,
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = ctl.close_now.notified() => {}
+        }
+    }
+    // Whatever is still queued was never written: fail it.
+    rx.close();
+    while let Ok(req) = rx.try_recv() {
+        let _ = req.reply.send(Err(PublishError::Closed));
+    }
+    state.send_replace(ConnectionState::Closed);
+}
+
+enum PumpEnd {
+    Closed,
+    Failed(String),
+}
+
+/// Runs one connection until it fails or the producer is closed and drained.
+async fn pump(
+    addr: &str,
+    config: &ProducerConfig,
+    ctl: &Control,
+    connection: conn::Connection,
+    rx: &mut mpsc::Receiver<Request>,
+) -> PumpEnd {
+    let conn::Connection {
+        mut reader,
+        mut writer,
+        ..
+    } = connection;
+    let pending: Mutex<VecDeque<Reply>> = Mutex::new(VecDeque::new());
+    let nop = Notify::new();
+    let drained = Notify::new();
+
+    let write_loop = async {
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        let mut closing = false;
+        loop {
+            if closing {
+                // Wait for every written command to be answered, then end.
+                let empty = pending.lock().map(|p| p.is_empty()).unwrap_or(true);
+                if empty {
+                    return Ok::<PumpEnd, String>(PumpEnd::Closed);
+                }
+                let waited = tokio::time::timeout(config.publish_timeout, drained.notified()).await;
+                if waited.is_err() {
+                    return Ok(PumpEnd::Closed);
+                }
+                continue;
+            }
+            tokio::select! {
+                biased;
+                _ = nop.notified() => {
+                    encode::nop(&mut buf);
+                }
+                _ = ctl.close_now.notified() => {
+                    closing = true;
+                }
+                req = rx.recv() => match req {
+                    Some(req) => queue(&mut buf, req, &pending),
+                    None => closing = true,
+                },
+            }
+            if ctl.closed.load(Ordering::SeqCst) {
+                closing = true;
+            }
+            // Drain what else is queued into the same write.
+            while !closing && buf.len() < 256 * 1024 {
+                match rx.try_recv() {
+                    Ok(req) => queue(&mut buf, req, &pending),
+                    Err(_) => break,
+                }
+            }
+            if !buf.is_empty() {
+                writer
+                    .write_all(&buf)
+                    .await
+                    .map_err(|e| format!("write failed: {e}"))?;
+                writer
+                    .flush()
+                    .await
+                    .map_err(|e| format!("flush failed: {e}"))?;
+                buf.clear();
+                if buf.capacity() > 4 * 1024 * 1024 {
+                    buf = BytesMut::with_capacity(64 * 1024);
+                }
+            }
+        }
+    };
+
+    let read_loop = async {
+        loop {
+            let frame = match reader.next().await {
+                Ok(Some(f)) => f,
+                Ok(None) => return Err::<PumpEnd, String>("nsqd closed the connection".into()),
+                Err(ReadError::Io(e)) => return Err(format!("read failed: {e}")),
+                Err(ReadError::Protocol(e)) => return Err(e.to_string()),
+            };
+            match frame {
+                Frame::Response(r) if r.as_ref() == protocol::HEARTBEAT => nop.notify_one(),
+                Frame::Response(r) => {
+                    let reply = pending.lock().ok().and_then(|mut p| p.pop_front());
+                    match reply {
+                        Some(reply) => {
+                            let result = if r.as_ref() == protocol::OK {
+                                Ok(())
+                            } else {
+                                tracing::warn!(nsqd = addr, response = %String::from_utf8_lossy(&r), "unexpected publish response, counted as success");
+                                Ok(())
+                            };
+                            let _ = reply.send(result);
+                        }
+                        None => {
+                            return Err(format!(
+                                "response {:?} with no publish waiting for it",
+                                String::from_utf8_lossy(&r)
+                            ))
+                        }
+                    }
+                    if pending.lock().map(|p| p.is_empty()).unwrap_or(true) {
+                        drained.notify_one();
+                    }
+                }
+                Frame::Error(e) => {
+                    let text = String::from_utf8_lossy(&e).into_owned();
+                    let code = text
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("E_UNKNOWN")
+                        .to_string();
+                    tracing::warn!(nsqd = addr, error = %text, "nsqd rejected a publish");
+                    if let Some(reply) = pending.lock().ok().and_then(|mut p| p.pop_front()) {
+                        let _ = reply.send(Err(PublishError::Rejected { code, text }));
+                    }
+                    if pending.lock().map(|p| p.is_empty()).unwrap_or(true) {
+                        drained.notify_one();
+                    }
+                }
+                Frame::Message(_) => {
+                    return Err("nsqd sent a message to a producer connection".into());
+                }
+            }
+        }
+    };
+
+    let end = tokio::select! {
+        r = write_loop => r,
+        r = read_loop => r,
+    };
+    let end = match end {
+        Ok(end) => end,
+        Err(reason) => PumpEnd::Failed(reason),
+    };
+    let reason = match &end {
+        PumpEnd::Closed => "producer closed".to_string(),
+        PumpEnd::Failed(r) => r.clone(),
+    };
+    // Written but unanswered: nsqd may or may not have it. Fail each, never claim success.
+    if let Ok(mut p) = pending.lock() {
+        for reply in p.drain(..) {
+            let _ = reply.send(Err(PublishError::ConnectionLost {
+                addr: addr.to_string(),
+                reason: reason.clone(),
+            }));
+        }
+    }
+    end
+}
+
+fn queue(buf: &mut BytesMut, req: Request, pending: &Mutex<VecDeque<Reply>>) {
+    // A caller that gave up (timeout, dropped future) must not have its message sent later.
+    if req.reply.is_closed() {
+        return;
+    }
+    match &req.cmd {
+        Command::Pub { topic, body } => encode::publish(buf, topic, body),
+        Command::MPub { topic, bodies } => encode::multi_publish(buf, topic, bodies),
+        Command::DPub {
+            topic,
+            defer_ms,
+            body,
+        } => encode::deferred_publish(buf, topic, *defer_ms, body),
+    }
+    if let Ok(mut p) = pending.lock() {
+        p.push_back(req.reply);
+    }
+}
