@@ -1,0 +1,47 @@
+//! Plumbing shared by the nsq-suite services (sensor, worker, logger), and nothing else.
+//!
+//! This crate knows how a service *runs*: its flags and configuration, its logs, its HTTP
+//! port, its shutdown, its exit code. It knows nothing of what a service *does*: no message
+//! type, no topic, no NSQ (those live in the `messages` and `nsq` crates and in the services
+//! themselves). Keeping it that way keeps it from becoming the shared library every service
+//! has to upgrade in lockstep.
+//!
+//! # Modules, in the order a `main` uses them
+//!
+//! * [`cli`]: [`CommonArgs`](cli::CommonArgs), the flags every service has (`--config`,
+//!   `--print-config`, `--log-format`, `--log-level`, `--http-address`), and the
+//!   `healthcheck` subcommand.
+//! * [`config`]: loads the service's config struct from flags > environment > TOML file >
+//!   defaults, rejecting unknown environment variables and file keys; prints it with secrets
+//!   redacted.
+//! * [`addr`]: validates `host:port` and nsqlookupd addresses, with errors naming the flag.
+//! * [`telemetry`]: installs the `tracing` subscriber (text or JSON, `RUST_LOG` wins).
+//! * [`http`]: binds the HTTP port, serves `/health`, `/ready` (from a
+//!   [`Readiness`](http::Readiness) handle) and `/metrics` (Prometheus) plus the service's
+//!   own routes.
+//! * [`shutdown`]: a [`CancellationToken`](shutdown::CancellationToken) cancelled on SIGTERM
+//!   or SIGINT.
+//! * [`healthcheck`]: the blocking probe behind `<service> healthcheck`, for images without
+//!   curl.
+//! * [`exit`]: maps the outcome to an exit code (0, 1 runtime failure, 2 usage error) and
+//!   prints `error: ...`.
+//!
+//! # A service's `main`
+//!
+//! `examples/minimal_service.rs` is a complete service without the NSQ part; every service
+//! of the suite follows its shape:
+//!
+//! ```no_run
+#![doc = include_str!("../examples/minimal_service.rs")]
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod addr;
+pub mod cli;
+pub mod config;
+pub mod exit;
+pub mod healthcheck;
+pub mod http;
+pub mod shutdown;
+pub mod telemetry;
