@@ -788,16 +788,26 @@ impl ConnTask {
         let close_timeout = self.config.close_timeout;
 
         let read_loop = async {
+            let mut last_error: Option<String> = None;
             loop {
                 let frame = match reader.next().await {
                     Ok(Some(f)) => f,
-                    Ok(None) => return Err("nsqd closed the connection".to_string()),
+                    Ok(None) => {
+                        return Err(match &last_error {
+                            Some(e) => format!("nsqd closed the connection after: {e}"),
+                            None => "nsqd closed the connection".to_string(),
+                        })
+                    }
                     Err(ReadError::Io(e)) => return Err(format!("read failed: {e}")),
                     Err(ReadError::Protocol(e)) => return Err(e.to_string()),
                 };
                 match frame {
                     Frame::Message(raw) => {
                         handle.in_flight.fetch_add(1, Ordering::Relaxed);
+                        if close_wait.load(Ordering::SeqCst) {
+                            // nsqd may send one message it had picked before CLS: wait for it.
+                            drained.notify_one();
+                        }
                         let msg = Message::new(raw, Arc::clone(handle), max_attempts);
                         if let Err(mpsc::error::SendError(msg)) = self.msg_tx.send(msg) {
                             // Nobody reads any more: the drop requeues it.
@@ -817,7 +827,9 @@ impl ConnTask {
                         // E_FIN_FAILED, E_REQ_FAILED, E_TOUCH_FAILED are not fatal (the message
                         // timed out and was redelivered); fatal errors are followed by nsqd
                         // closing the connection, which the read above reports.
-                        tracing::warn!(nsqd = %self.addr, error = %String::from_utf8_lossy(&e), "nsqd error");
+                        let text = String::from_utf8_lossy(&e).into_owned();
+                        tracing::warn!(nsqd = %self.addr, error = %text, "nsqd error");
+                        last_error = Some(text);
                     }
                 }
             }
@@ -826,18 +838,29 @@ impl ConnTask {
         let write_loop = async {
             let mut buf = BytesMut::with_capacity(16 * 1024);
             let mut deadline: Option<Instant> = None;
+            // After CLOSE_WAIT with nothing in flight, nsqd may still deliver a message it
+            // picked just before CLS (its message pump runs beside the command loop). Linger
+            // briefly so that such a message is handled and finished, not redelivered.
+            let mut linger: Option<Instant> = None;
             loop {
+                let far = Instant::now() + Duration::from_secs(3600);
                 if close_wait.load(Ordering::SeqCst)
                     && handle.in_flight.load(Ordering::Relaxed) == 0
                 {
-                    return Ok(());
+                    match linger {
+                        Some(t) if Instant::now() >= t => return Ok(()),
+                        Some(_) => {}
+                        None => linger = Some(Instant::now() + CLOSE_LINGER),
+                    }
+                } else {
+                    linger = None;
                 }
-                let far = Instant::now() + Duration::from_secs(3600);
                 let mut finished = 0u32;
                 tokio::select! {
                     biased;
                     _ = nop.notified() => encode::nop(&mut buf),
                     _ = drained.notified() => {}
+                    _ = tokio::time::sleep_until(linger.unwrap_or(far)), if linger.is_some() => {}
                     _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
                         let left = handle.in_flight.load(Ordering::Relaxed);
                         tracing::warn!(nsqd = %self.addr, in_flight = left, "close timeout: closing with messages in flight (nsqd requeues them)");
@@ -897,6 +920,9 @@ impl ConnTask {
         result
     }
 }
+
+/// How long a closing connection waits, with nothing in flight, for a late message.
+const CLOSE_LINGER: Duration = Duration::from_millis(30);
 
 /// Encodes one command; returns 1 when it ends a message's flight (FIN or REQ).
 fn encode_cmd(buf: &mut BytesMut, cmd: ConnCommand) -> u32 {

@@ -424,10 +424,17 @@ async fn pump(
     };
 
     let read_loop = async {
+        // nsqd sends a fatal error frame, then closes: the error is the reason.
+        let mut last_error: Option<String> = None;
         loop {
             let frame = match reader.next().await {
                 Ok(Some(f)) => f,
-                Ok(None) => return Err::<PumpEnd, String>("nsqd closed the connection".into()),
+                Ok(None) => {
+                    return Err::<PumpEnd, String>(match &last_error {
+                        Some(e) => format!("nsqd closed the connection after: {e}"),
+                        None => "nsqd closed the connection".into(),
+                    })
+                }
                 Err(ReadError::Io(e)) => return Err(format!("read failed: {e}")),
                 Err(ReadError::Protocol(e)) => return Err(e.to_string()),
             };
@@ -464,6 +471,7 @@ async fn pump(
                         .unwrap_or("E_UNKNOWN")
                         .to_string();
                     tracing::warn!(nsqd = addr, error = %text, "nsqd rejected a publish");
+                    last_error = Some(text.clone());
                     if let Some(reply) = pending.lock().ok().and_then(|mut p| p.pop_front()) {
                         let _ = reply.send(Err(PublishError::Rejected { code, text }));
                     }
