@@ -1,0 +1,245 @@
+//! Building and running the sensor: [`Application::build`] then
+//! [`Application::run_until_stopped`].
+//!
+//! `build` validates the configuration (a usage error, exit code 2, when it is bad), installs
+//! the metrics recorder, starts the nsqd producer (which connects, and reconnects, in the
+//! background: an unreachable nsqd is logged and retried, never fatal) and binds the HTTP
+//! port. `run_until_stopped` serves HTTP and runs the [`Engine`] until `--count` is reached or
+//! the shutdown future resolves, and returns the run's [`Report`].
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{atomic::AtomicU64, Arc, Mutex},
+};
+
+use anyhow::Context as _;
+use nsq::{ConnectionConfig, ConnectionState, Producer, ProducerConfig};
+use suite_common::{
+    http::{self, BaseState, HttpServer, Readiness},
+    shutdown::CancellationToken,
+};
+use tokio::sync::watch;
+
+use crate::{
+    config::{Config, Settings},
+    engine::{Engine, Report},
+    history::History,
+    http::{router, ReadingsState},
+    metrics as m,
+};
+
+/// Name of the service, in `/health`, in the metrics' `service` label and in nsqadmin.
+pub const SERVICE: &str = "sensor";
+
+/// A built sensor, ready to run.
+pub struct Application {
+    /// The validated configuration.
+    settings: Arc<Settings>,
+    /// This run's epoch: Unix milliseconds at start-up, new at every start.
+    epoch: u64,
+    /// The nsqd producer (already connecting).
+    producer: Producer,
+    /// Recent readings, shared by the loop and `GET /readings`.
+    history: Arc<Mutex<History>>,
+    /// What `/ready` reports: ready while the producer is connected.
+    readiness: Readiness,
+    /// The bound HTTP port.
+    http: HttpServer,
+    /// All HTTP routes.
+    router: axum::Router,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("sensor_id", &self.settings.sensor_id)
+            .field("epoch", &self.epoch)
+            .field("http", &self.http.local_addr())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Validates `config`, starts connecting to nsqd and binds the HTTP port.
+    ///
+    /// Must be called inside a tokio runtime. Fails with a usage error for a bad setting, or
+    /// when the HTTP port cannot be bound or the metrics recorder installed.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let settings = Arc::new(config.validate()?);
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            config = %one_line(&suite_common::config::to_toml(&config)?),
+            "starting sensor"
+        );
+        let metrics = http::install_metrics(SERVICE, &settings.sensor_id)?;
+        m::describe();
+
+        let epoch = unix_millis();
+        let producer = Producer::connect(
+            &settings.nsqd_tcp_address,
+            ProducerConfig {
+                connection: connection_config(&settings.sensor_id),
+                ..ProducerConfig::default()
+            },
+        )
+        .context("starting the nsqd producer")?;
+
+        let history = Arc::new(Mutex::new(History::new(settings.history)));
+        let readiness =
+            Readiness::not_ready(format!("connecting to nsqd {}", settings.nsqd_tcp_address));
+        let base = BaseState::new(SERVICE, &settings.sensor_id, readiness.clone(), metrics);
+        let router = http::base_router(base).merge(router(ReadingsState {
+            sensor_id: Arc::from(settings.sensor_id.as_str()),
+            epoch,
+            history: Arc::clone(&history),
+        }));
+        let http = HttpServer::bind(&settings.http_address).await?;
+        tracing::info!(
+            http_address = %http.local_addr(),
+            sensor_id = %settings.sensor_id,
+            epoch,
+            "sensor started"
+        );
+        Ok(Self {
+            settings,
+            epoch,
+            producer,
+            history,
+            readiness,
+            http,
+            router,
+        })
+    }
+
+    /// The address the HTTP port is bound to (the real port when configured with port 0).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr()
+    }
+
+    /// This run's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The sensor id stamped into the readings.
+    pub fn sensor_id(&self) -> &str {
+        &self.settings.sensor_id
+    }
+
+    /// The readiness reported by `/ready` (e.g. to wait until the sensor is connected).
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.clone()
+    }
+
+    /// Serves HTTP and publishes readings until `--count` readings are confirmed or
+    /// `shutdown` resolves; then flushes the outbox (bounded by `--flush-timeout`), announces
+    /// the final status and stops.
+    ///
+    /// With `--count`, readings that could not be published make it an error (exit code 1):
+    /// the sensor did not deliver what it was asked to. After a shutdown, they are reported
+    /// in the log and the [`Report`], and the result is `Ok`.
+    pub async fn run_until_stopped<F>(self, shutdown: F) -> anyhow::Result<Report>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let stop_http = CancellationToken::new();
+        let http_task = tokio::spawn(
+            self.http
+                .run(self.router, stop_http.clone().cancelled_owned()),
+        );
+        let readiness_task = tokio::spawn(track_producer(
+            self.producer.state(),
+            self.readiness.clone(),
+            self.settings.nsqd_tcp_address.clone(),
+        ));
+
+        let engine = Engine::new(
+            Arc::clone(&self.settings),
+            self.epoch,
+            self.producer.clone(),
+            Arc::clone(&self.history),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let result = engine.run(shutdown).await;
+
+        readiness_task.abort();
+        self.readiness.set_not_ready("stopped");
+        stop_http.cancel();
+        match http_task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "http server failed"),
+            Err(e) => tracing::warn!(error = %e, "http server task failed"),
+        }
+
+        let report = result?;
+        if let Some(count) = self.settings.count {
+            if report.reason == crate::engine::StopReason::CountReached && !report.all_confirmed() {
+                anyhow::bail!(
+                    "only {} of {count} readings were confirmed by nsqd ({} dropped from the full \
+                     outbox, {} rejected)",
+                    report.confirmed,
+                    report.dropped,
+                    report.failed
+                );
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// Connection settings that make the sensor recognisable in nsqadmin.
+fn connection_config(sensor_id: &str) -> ConnectionConfig {
+    ConnectionConfig {
+        client_id: sensor_id.to_owned(),
+        user_agent: format!("nsq-suite-{SERVICE}/{}", env!("CARGO_PKG_VERSION")),
+        ..ConnectionConfig::default()
+    }
+}
+
+/// Keeps `/ready` and the connection gauge in line with the producer's connection.
+async fn track_producer(
+    mut state: watch::Receiver<ConnectionState>,
+    readiness: Readiness,
+    addr: String,
+) {
+    loop {
+        let current = state.borrow_and_update().clone();
+        let connected = current == ConnectionState::Connected;
+        metrics::gauge!(m::CONNECTIONS, "role" => "producer").set(if connected {
+            1.0
+        } else {
+            0.0
+        });
+        match current {
+            ConnectionState::Connected => readiness.set_ready(),
+            ConnectionState::Connecting => {
+                readiness.set_not_ready(format!("connecting to nsqd {addr}"));
+            }
+            ConnectionState::Disconnected { reason } => {
+                readiness.set_not_ready(format!("nsqd {addr} unreachable: {reason}"));
+            }
+            ConnectionState::Closed => readiness.set_not_ready("stopping"),
+        }
+        if state.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A multi-line TOML text as one log-friendly line.
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Now, in milliseconds since the Unix epoch (the epoch of a new run).
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

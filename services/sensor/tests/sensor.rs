@@ -1,0 +1,386 @@
+//! The sensor in-process against a real nsqd (nsq::testkit), and its binary's command line.
+//!
+//! Every test that builds an [`Application`] uses the sensor id [`SENSOR_ID`]: the metrics
+//! recorder is process-wide and labelled with the id.
+
+use std::{
+    collections::BTreeSet,
+    future::Future,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use messages::{SensorReading, SensorStatus};
+use nsq::testkit::{free_port, Nsqd};
+use sensor::{Application, Config, StopReason};
+
+const SENSOR_ID: &str = "test-sensor";
+const BIN: &str = env!("CARGO_BIN_EXE_sensor");
+
+/// Test logs go to the test output only when `RUST_LOG` is set.
+fn init_logs() {
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        let _ = tracing_subscriber_init(&filter);
+    }
+}
+
+fn tracing_subscriber_init(filter: &str) -> Result<(), String> {
+    suite_common::telemetry::init(suite_common::telemetry::LogFormat::Text, filter)
+        .map_err(|e| e.to_string())
+}
+
+fn config(nsqd: &str) -> Config {
+    Config {
+        nsqd_tcp_address: nsqd.to_owned(),
+        sensor_id: SENSOR_ID.to_owned(),
+        http_address: "127.0.0.1:0".to_owned(),
+        status_interval: "100ms".to_owned(),
+        ..Config::default()
+    }
+}
+
+/// Polls `cond` every 20 ms until it is true, or panics after `timeout`.
+async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !cond().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Consumes `n` messages of `topic` on `channel` (FINs them), decoding each with `decode`.
+async fn consume<T>(
+    nsqd: &Nsqd,
+    topic: &str,
+    channel: &str,
+    n: usize,
+    decode: impl Fn(&[u8]) -> T,
+) -> Vec<T> {
+    let config = nsq::ConsumerConfig {
+        nsqd_tcp_addresses: vec![nsqd.tcp_address()],
+        max_in_flight: 1000,
+        ..nsq::ConsumerConfig::default()
+    };
+    let (consumer, mut messages) = nsq::Consumer::new(topic, channel, config).unwrap();
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let msg = tokio::time::timeout(Duration::from_secs(10), messages.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} messages on {topic}", out.len()))
+            .unwrap();
+        out.push(decode(msg.body()));
+        msg.finish();
+    }
+    consumer.close().await;
+    out
+}
+
+/// `message_count` of a channel: how many messages nsqd ever put on it.
+async fn message_count(nsqd: &Nsqd, topic: &str, channel: &str) -> u64 {
+    nsqd.channel_stats(topic, channel).await.unwrap()["message_count"]
+        .as_u64()
+        .unwrap()
+}
+
+async fn get(url: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::get(url).await.unwrap();
+    let status = response.status().as_u16();
+    (
+        status,
+        response.json().await.unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn publishes_exactly_count_readings_with_seq_1_to_n() {
+    init_logs();
+    let nsqd = Nsqd::start().await;
+    nsqd.create_channel("sensor_data", "check").await;
+    nsqd.create_channel("sensor_status", "check").await;
+    const N: u64 = 3000;
+
+    let app = Application::build(Config {
+        count: Some(N),
+        rate: 0,
+        values: 4,
+        ..config(&nsqd.tcp_address())
+    })
+    .await
+    .unwrap();
+    let epoch = app.epoch();
+    let http = app.http_addr();
+    let report = app.run_until_stopped(std::future::pending()).await.unwrap();
+    assert_eq!(report.reason, StopReason::CountReached);
+    assert_eq!((report.taken, report.confirmed), (N, N));
+    assert_eq!((report.dropped, report.failed, report.unflushed), (0, 0, 0));
+
+    let readings = consume(&nsqd, "sensor_data", "check", N as usize, |b| {
+        SensorReading::decode(b).unwrap()
+    })
+    .await;
+    let seqs: BTreeSet<u64> = readings.iter().map(|r| r.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=N).collect::<BTreeSet<_>>(),
+        "each seq 1..=N once"
+    );
+    for r in &readings {
+        assert_eq!(
+            (r.sensor_id.as_str(), r.epoch, r.values.len()),
+            (SENSOR_ID, epoch, 4)
+        );
+    }
+    assert_eq!(
+        message_count(&nsqd, "sensor_data", "check").await,
+        N,
+        "no extra message"
+    );
+
+    // The last status announcement is the final one, with the last seq.
+    let count = message_count(&nsqd, "sensor_status", "check").await as usize;
+    let statuses = consume(&nsqd, "sensor_status", "check", count, |b| {
+        SensorStatus::decode(b).unwrap()
+    })
+    .await;
+    let last = statuses.iter().max_by_key(|s| s.at).unwrap();
+    assert!(last.final_, "{statuses:?}");
+    assert_eq!((last.last_seq, last.epoch), (N, epoch));
+    assert_eq!(statuses.iter().filter(|s| s.final_).count(), 1);
+
+    // The HTTP port is closed once the run is over.
+    assert!(reqwest::get(format!("http://{http}/health")).await.is_err());
+}
+
+#[tokio::test]
+async fn serves_history_and_flushes_on_shutdown() {
+    init_logs();
+    let nsqd = Nsqd::start().await;
+    nsqd.create_channel("sensor_data", "check").await;
+
+    let app = Application::build(Config {
+        rate: 200,
+        ..config(&nsqd.tcp_address())
+    })
+    .await
+    .unwrap();
+    let base = format!("http://{}", app.http_addr());
+    let epoch = app.epoch();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+
+    wait_until("ready", Duration::from_secs(10), || async {
+        get(&format!("{base}/ready")).await.0 == 200
+    })
+    .await;
+    wait_until(
+        "20 readings in the history",
+        Duration::from_secs(10),
+        || async {
+            let (status, body) = get(&format!("{base}/readings?from=1&to=20")).await;
+            status == 200 && body["readings"].as_array().map_or(0, Vec::len) == 20
+        },
+    )
+    .await;
+    let (status, body) = get(&format!("{base}/readings?epoch={epoch}&from=5&to=6")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["readings"][0]["seq"], 5);
+    assert_eq!(body["readings"][1]["seq"], 6);
+    assert_eq!(body["readings"][0]["sensor_id"], SENSOR_ID);
+    let (status, body) = get(&format!("{base}/readings?from=10&to=1")).await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"].as_str().unwrap().contains("'to' (1)"),
+        "{body}"
+    );
+    let (status, _) = get(&format!("{base}/readings?epoch=1&from=1&to=2")).await;
+    assert_eq!(status, 404);
+
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("nsq_suite_messages_published_total{")
+            && metrics.contains("service=\"sensor\"")
+            && metrics.contains(&format!("id=\"{SENSOR_ID}\"")),
+        "{metrics}"
+    );
+
+    stop.send(()).unwrap();
+    let report = run.await.unwrap().unwrap();
+    assert_eq!(report.reason, StopReason::Flushed);
+    assert!(report.taken >= 20);
+    assert!(report.all_confirmed(), "{report:?}");
+    assert_eq!(
+        message_count(&nsqd, "sensor_data", "check").await,
+        report.taken
+    );
+}
+
+#[tokio::test]
+async fn outbox_delivers_what_was_taken_while_nsqd_was_away() {
+    init_logs();
+    let (tcp, http) = (free_port(), free_port());
+    let app = Application::build(Config {
+        rate: 100,
+        ..config(&format!("127.0.0.1:{tcp}"))
+    })
+    .await
+    .unwrap();
+    let base = format!("http://{}", app.http_addr());
+    let ready = app.readiness();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+
+    // nsqd is not there: readings are taken and wait in the outbox; the sensor is not ready.
+    wait_until("30 readings taken", Duration::from_secs(10), || async {
+        let (_, body) = get(&format!("{base}/readings?from=30&to=30")).await;
+        body["readings"].as_array().is_some_and(|r| r.len() == 1)
+    })
+    .await;
+    assert!(!ready.is_ready());
+    let (status, body) = get(&format!("{base}/ready")).await;
+    assert_eq!(status, 503, "{body}");
+
+    let nsqd = Nsqd::builder().ports(tcp, http).start().await;
+    nsqd.create_channel("sensor_data", "check").await;
+    wait_until("ready", Duration::from_secs(15), || async {
+        ready.is_ready()
+    })
+    .await;
+    // The channel was created after the first publishes: wait for a few new readings.
+    wait_until("readings flowing", Duration::from_secs(10), || async {
+        message_count(&nsqd, "sensor_data", "check").await > 10
+    })
+    .await;
+
+    stop.send(()).unwrap();
+    let report = run.await.unwrap().unwrap();
+    assert_eq!(report.reason, StopReason::Flushed);
+    assert!(report.taken >= 30);
+    assert!(report.all_confirmed(), "{report:?}");
+    // Everything taken reached the topic (the channel only sees what came after it).
+    let topic_count = nsqd.stats().await["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["topic_name"] == "sensor_data")
+        .unwrap()["message_count"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(topic_count, report.taken);
+}
+
+// ---- the binary's command line ----
+
+/// Runs the binary with a clean environment plus `env`.
+fn sensor(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn print_config_shows_flags_over_env_over_file_over_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sensor.toml");
+    std::fs::write(
+        &file,
+        "rate = 1\ntopic = \"from_file\"\nvalues = 7\ncount = 9\n",
+    )
+    .unwrap();
+    let out = sensor(
+        &[
+            "--config",
+            file.to_str().unwrap(),
+            "--rate",
+            "5",
+            "--print-config",
+        ],
+        &[("SENSOR_TOPIC", "from_env"), ("SENSOR_RATE", "2")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: toml::Table = String::from_utf8(out.stdout).unwrap().parse().unwrap();
+    assert_eq!(printed["rate"].as_integer(), Some(5), "flag");
+    assert_eq!(printed["topic"].as_str(), Some("from_env"), "env over file");
+    assert_eq!(printed["values"].as_integer(), Some(7), "file over default");
+    assert_eq!(printed["count"].as_integer(), Some(9), "file");
+    assert_eq!(
+        printed["nsqd_tcp_address"].as_str(),
+        Some("127.0.0.1:4150"),
+        "default"
+    );
+    assert_eq!(
+        printed["http_address"].as_str(),
+        Some("127.0.0.1:4190"),
+        "default"
+    );
+}
+
+#[test]
+fn bad_configuration_exits_2_with_a_clear_message() {
+    let out = sensor(&["--nsqd-tcp-address", "nsqd"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("`--nsqd-tcp-address` 'nsqd' is not host:port"),
+        "{stderr}"
+    );
+
+    let out = sensor(&["--no-such-flag"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+
+    let out = sensor(&["--print-config"], &[("SENSOR_RAET", "5")]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("did you mean `SENSOR_RATE`"), "{stderr}");
+}
+
+#[test]
+fn help_documents_flags_and_env_vars() {
+    let out = sensor(&["--help"], &[]);
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for needle in [
+        "--rate <N>",
+        "[env: SENSOR_RATE]",
+        "--outbox-size",
+        "healthcheck",
+    ] {
+        assert!(help.contains(needle), "{needle} missing from:\n{help}");
+    }
+}
+
+#[test]
+fn healthcheck_fails_when_nothing_listens() {
+    let port = free_port();
+    let out = sensor(
+        &[
+            "healthcheck",
+            "--http-address",
+            &format!("127.0.0.1:{port}"),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+}
