@@ -131,6 +131,47 @@ impl CommonArgs {
     }
 }
 
+/// Adds `[env: <PREFIX>_<KEY>]` to the help of every long flag that is a configuration key,
+/// so that `--help` names the environment variable of each setting.
+///
+/// The environment is read by [`crate::config`], not by clap (clap's own `env` would also
+/// read it, but without the list splitting and the strict unknown-variable check), so the
+/// variable is only written into the help text. `--config`, `--print-config`, `--help` and
+/// `--version` are not configuration keys and are left alone.
+///
+/// ```
+/// use clap::CommandFactory as _;
+///
+/// #[derive(clap::Parser)]
+/// struct Cli {
+///     #[command(flatten)]
+///     common: suite_common::cli::CommonArgs,
+///     /// Topic to consume
+///     #[arg(long)]
+///     topic: Option<String>,
+/// }
+///
+/// let help = suite_common::cli::with_env_help(Cli::command(), "WORKER")
+///     .render_help()
+///     .to_string();
+/// assert!(help.contains("Topic to consume [env: WORKER_TOPIC]"));
+/// assert!(help.contains("[env: WORKER_LOG_LEVEL]"));
+/// ```
+pub fn with_env_help(command: clap::Command, env_prefix: &str) -> clap::Command {
+    let prefix = env_prefix.trim_end_matches('_').to_ascii_uppercase();
+    command.mut_args(move |arg| {
+        let Some(long) = arg.get_long() else {
+            return arg;
+        };
+        if matches!(long, "config" | "print-config" | "help" | "version") {
+            return arg;
+        }
+        let var = format!("{prefix}_{}", long.replace('-', "_").to_ascii_uppercase());
+        let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+        arg.help(format!("{help} [env: {var}]"))
+    })
+}
+
 /// The common flags and a service's own, serialized as one map.
 #[derive(Serialize)]
 struct Overrides<'a, F> {
