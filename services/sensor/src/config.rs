@@ -264,7 +264,7 @@ impl Cli {
             let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
             arg.help(format!("{help} [default: {DEFAULT_HTTP_ADDRESS}]"))
         });
-        env_help(command, ENV_PREFIX)
+        suite_common::cli::with_env_help(command, ENV_PREFIX)
     }
 
     /// Parses the process arguments; exits with code 2 (clap's usage error) when they are bad,
@@ -300,22 +300,6 @@ impl Cli {
             .env(env)
             .load(&self.common.with(&self.flags))
     }
-}
-
-/// Appends `[env: <PREFIX>_<FLAG>]` to the help of every long flag that is a configuration key.
-pub fn env_help(command: clap::Command, prefix: &str) -> clap::Command {
-    let prefix = prefix.to_owned();
-    command.mut_args(move |arg| {
-        let Some(long) = arg.get_long() else {
-            return arg;
-        };
-        if matches!(long, "config" | "print-config" | "help" | "version") {
-            return arg;
-        }
-        let var = format!("{prefix}_{}", long.replace('-', "_").to_ascii_uppercase());
-        let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
-        arg.help(format!("{help} [env: {var}]"))
-    })
 }
 
 #[cfg(test)]
