@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs every test of nsq-suite: formatting and lints, unit and integration tests, end-to-end
+# tests of the real binaries against real NSQ v1.3.0 daemons, and the Python interop tests.
+# Installs what it needs that is missing (pinned NSQ binaries, the Python virtualenv).
+#
+#   scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/build-nsq.sh
+NSQ_SUITE_PYTHON=$(scripts/python-env.sh)
+export NSQ_SUITE_PYTHON
+
+echo "== cargo fmt --check" >&2
+cargo fmt --all -- --check
+echo "== cargo clippy" >&2
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test (unit, integration, end-to-end)" >&2
+# `cargo test --workspace` also builds the service binaries the end-to-end tests run.
+cargo test --workspace --locked
+echo "== pytest (interop from Python)" >&2
+"$NSQ_SUITE_PYTHON" -m pytest -q tests/python
