@@ -265,6 +265,24 @@ impl Consumer {
         let mut done = self.shared.done.clone();
         let _ = done.wait_for(|d| *d).await;
     }
+
+    /// Closes like [`Consumer::close`] for a caller that stops handling at once: every
+    /// message delivered but not yet taken from `messages` is requeued (REQ 0) instead of
+    /// waiting out `close_timeout`.
+    pub async fn close_and_requeue(&self, mut messages: Messages) {
+        let _ = self.shared.control.send(Control::Close);
+        let mut done = self.shared.done.clone();
+        loop {
+            tokio::select! {
+                m = messages.recv() => match m {
+                    Some(m) => drop(m), // Drop sends REQ 0.
+                    None => break,
+                },
+                _ = done.wait_for(|d| *d) => break,
+            }
+        }
+        let _ = done.wait_for(|d| *d).await;
+    }
 }
 
 struct Manager {
