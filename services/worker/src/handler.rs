@@ -1,0 +1,267 @@
+//! What the worker does with one message, and the rule that nothing is finished silently.
+//!
+//! | case | action | outcome |
+//! |---|---|---|
+//! | delivered more than `--max-attempts` times | dead letter, then FIN | [`Outcome::DeadLettered`] (`max_attempts`) |
+//! | body is not a `SensorReading` | dead letter at once (never retried), then FIN | [`Outcome::DeadLettered`] (`decode`) |
+//! | stale under `--stale-policy drop` | FIN without a result | [`Outcome::DroppedStale`] |
+//! | result published (nsqd said OK) | FIN | [`Outcome::Finished`] |
+//! | result publish failed, may pass | REQ after 100 ms × attempts (consumer backs off) | [`Outcome::Requeued`] |
+//! | result publish rejected for good | dead letter, then FIN | [`Outcome::DeadLettered`] (`publish_rejected`) |
+//! | the dead-letter publish itself failed | REQ, as above | [`Outcome::Requeued`] |
+//!
+//! Every outcome is counted, and every one but a plain success is logged.
+
+use std::{sync::Arc, time::Instant};
+
+use messages::SensorReading;
+use nsq::{Message, Producer};
+
+use crate::{
+    config::Settings,
+    metrics as m,
+    process::{self, Verdict},
+};
+
+/// Why a message went to the dead-letter topic (the `reason` label of the metric).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterReason {
+    /// The body is not a `SensorReading`.
+    Decode,
+    /// Delivered more than `--max-attempts` times.
+    MaxAttempts,
+    /// nsqd rejected the result for good (or it could not be encoded).
+    PublishRejected,
+}
+
+impl DeadLetterReason {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterReason::Decode => "decode",
+            DeadLetterReason::MaxAttempts => "max_attempts",
+            DeadLetterReason::PublishRejected => "publish_rejected",
+        }
+    }
+}
+
+/// What became of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Its result was published and it was finished.
+    Finished,
+    /// It was stale under the drop policy and finished without a result.
+    DroppedStale,
+    /// It was published to the dead-letter topic and finished.
+    DeadLettered(DeadLetterReason),
+    /// It was given back to nsqd for a later attempt.
+    Requeued,
+}
+
+/// Handles messages; cheap to clone (one per message task).
+#[derive(Debug, Clone)]
+pub struct Handler {
+    /// The validated configuration.
+    settings: Arc<Settings>,
+    /// Publishes results and dead letters to `--destination-nsqd-tcp-address`.
+    producer: Producer,
+}
+
+impl Handler {
+    /// A handler publishing with `producer`.
+    pub fn new(settings: Arc<Settings>, producer: Producer) -> Self {
+        Self { settings, producer }
+    }
+
+    /// Handles one message to its end: it is finished or requeued when this returns.
+    pub async fn handle(&self, msg: Message) -> Outcome {
+        let started = Instant::now();
+        let s = &*self.settings;
+        metrics::counter!(m::CONSUMED, "topic" => s.topic.clone(), "channel" => s.channel.clone())
+            .increment(1);
+
+        let outcome = self.process(msg).await;
+
+        let labels = [("topic", s.topic.clone()), ("channel", s.channel.clone())];
+        match outcome {
+            Outcome::Finished | Outcome::DroppedStale => {
+                metrics::counter!(m::FINISHED, &labels).increment(1);
+            }
+            Outcome::DeadLettered(reason) => {
+                metrics::counter!(m::FINISHED, &labels).increment(1);
+                let mut labels = labels.to_vec();
+                labels.push(("reason", reason.as_str().to_owned()));
+                metrics::counter!(m::DEAD_LETTERED, &labels).increment(1);
+            }
+            Outcome::Requeued => metrics::counter!(m::REQUEUED, &labels).increment(1),
+        }
+        metrics::histogram!(m::HANDLER_SECONDS, &labels).record(started.elapsed().as_secs_f64());
+        outcome
+    }
+
+    async fn process(&self, msg: Message) -> Outcome {
+        let s = &*self.settings;
+        if msg.over_max_attempts() {
+            let error = format!(
+                "gave up after {} delivery attempts (--max-attempts {})",
+                msg.attempts(),
+                s.max_attempts
+            );
+            tracing::warn!(
+                id = msg.id(),
+                attempts = msg.attempts(),
+                "{error}: dead-lettering"
+            );
+            return self
+                .dead_letter(msg, DeadLetterReason::MaxAttempts, error)
+                .await;
+        }
+
+        let reading = match SensorReading::decode(msg.body()) {
+            Ok(reading) => reading,
+            Err(e) => {
+                metrics::counter!(m::DECODE_ERRORS, "topic" => s.topic.clone(), "channel" => s.channel.clone())
+                    .increment(1);
+                tracing::error!(
+                    id = msg.id(),
+                    attempts = msg.attempts(),
+                    bytes = msg.body().len(),
+                    nsqd = msg.nsqd_address(),
+                    error = %e,
+                    "message is not a SensorReading: dead-lettering it, it will not be retried"
+                );
+                return self
+                    .dead_letter(msg, DeadLetterReason::Decode, e.to_string())
+                    .await;
+            }
+        };
+
+        if !s.work.is_zero() {
+            tokio::time::sleep(s.work).await;
+        }
+
+        let verdict = process::compute(
+            reading,
+            &s.worker_id,
+            process::unix_nanos(),
+            s.max_age,
+            s.stale_policy,
+        );
+        let result = match verdict {
+            Verdict::DropStale { age } => {
+                metrics::counter!(
+                    m::STALE,
+                    "topic" => s.topic.clone(), "channel" => s.channel.clone(), "policy" => "drop"
+                )
+                .increment(1);
+                tracing::warn!(
+                    id = msg.id(),
+                    age = ?age,
+                    max_age = ?s.max_age,
+                    "stale reading dropped (--stale-policy drop): finished without a result"
+                );
+                msg.finish();
+                return Outcome::DroppedStale;
+            }
+            Verdict::Publish(result) => result,
+        };
+        if result.stale {
+            metrics::counter!(
+                m::STALE,
+                "topic" => s.topic.clone(), "channel" => s.channel.clone(), "policy" => "flag"
+            )
+            .increment(1);
+            tracing::debug!(seq = result.seq, "stale reading processed and flagged");
+        }
+
+        let body = match result.encode() {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::error!(id = msg.id(), error = %e, "cannot encode the result");
+                return self
+                    .dead_letter(msg, DeadLetterReason::PublishRejected, e.to_string())
+                    .await;
+            }
+        };
+        match self.producer.publish(&s.destination_topic, body).await {
+            Ok(()) => {
+                metrics::counter!(m::PUBLISHED, "topic" => s.destination_topic.clone())
+                    .increment(1);
+                tracing::trace!(
+                    sensor_id = %result.sensor_id, epoch = result.epoch, seq = result.seq,
+                    "result published"
+                );
+                msg.finish();
+                Outcome::Finished
+            }
+            Err(e) if e.is_transient() => {
+                self.publish_failed(&s.destination_topic, "transient");
+                let delay = process::requeue_delay(msg.attempts());
+                tracing::warn!(
+                    id = msg.id(), attempts = msg.attempts(), error = %e, retry_in = ?delay,
+                    "result not published: message requeued"
+                );
+                msg.requeue(delay);
+                Outcome::Requeued
+            }
+            Err(e) => {
+                self.publish_failed(&s.destination_topic, "permanent");
+                tracing::error!(id = msg.id(), error = %e, "nsqd rejected the result");
+                self.dead_letter(msg, DeadLetterReason::PublishRejected, e.to_string())
+                    .await
+            }
+        }
+    }
+
+    /// Publishes the message to the dead-letter topic, then finishes it; requeues it when the
+    /// dead letter could not be published.
+    async fn dead_letter(&self, msg: Message, reason: DeadLetterReason, error: String) -> Outcome {
+        let s = &*self.settings;
+        let letter = process::dead_letter(
+            msg.body(),
+            &s.topic,
+            &s.channel,
+            msg.attempts(),
+            error,
+            process::unix_nanos(),
+        );
+        let published = match letter.encode() {
+            Ok(body) => self
+                .producer
+                .publish(&s.dead_letter_topic, body)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match published {
+            Ok(()) => {
+                metrics::counter!(m::PUBLISHED, "topic" => s.dead_letter_topic.clone())
+                    .increment(1);
+                tracing::warn!(
+                    id = msg.id(),
+                    reason = reason.as_str(),
+                    dead_letter_topic = %s.dead_letter_topic,
+                    error = %letter.error,
+                    "message dead-lettered and finished"
+                );
+                msg.finish();
+                Outcome::DeadLettered(reason)
+            }
+            Err(e) => {
+                self.publish_failed(&s.dead_letter_topic, "transient");
+                let delay = process::requeue_delay(msg.attempts());
+                tracing::warn!(
+                    id = msg.id(), error = %e, retry_in = ?delay,
+                    "dead letter not published: message requeued"
+                );
+                msg.requeue(delay);
+                Outcome::Requeued
+            }
+        }
+    }
+
+    fn publish_failed(&self, topic: &str, kind: &'static str) {
+        metrics::counter!(m::PUBLISH_FAILURES, "topic" => topic.to_owned(), "kind" => kind)
+            .increment(1);
+    }
+}

@@ -1,0 +1,55 @@
+//! Names of the worker's Prometheus metrics.
+//!
+//! Every series also carries the labels `service="worker"` and `id="<worker id>"`, added by
+//! the recorder that `suite_common::http::install_metrics` installs.
+
+/// Counter, labels `topic`, `channel`: messages delivered to the worker.
+pub const CONSUMED: &str = "nsq_suite_messages_consumed_total";
+/// Counter, labels `topic`, `channel`: messages finished (FIN), whatever the reason.
+pub const FINISHED: &str = "nsq_suite_messages_finished_total";
+/// Counter, labels `topic`, `channel`: messages requeued (REQ).
+pub const REQUEUED: &str = "nsq_suite_messages_requeued_total";
+/// Counter, labels `topic`, `channel`, `reason` (`decode`, `max_attempts`,
+/// `publish_rejected`): messages published to the dead-letter topic, then finished.
+pub const DEAD_LETTERED: &str = "nsq_suite_messages_dead_lettered_total";
+/// Counter, labels `topic`, `channel`: bodies that are not a `SensorReading`.
+pub const DECODE_ERRORS: &str = "nsq_suite_decode_errors_total";
+/// Counter, labels `topic`, `channel`, `policy` (`drop`, `flag`): readings older than
+/// `--max-age`.
+pub const STALE: &str = "nsq_suite_stale_readings_total";
+/// Counter, label `topic`: messages nsqd confirmed (results and dead letters).
+pub const PUBLISHED: &str = "nsq_suite_messages_published_total";
+/// Counter, labels `topic`, `kind` (`transient`, `permanent`): failed publishes.
+pub const PUBLISH_FAILURES: &str = "nsq_suite_publish_failures_total";
+/// Gauge, label `role` (`consumer`, `producer`): open nsqd connections.
+pub const CONNECTIONS: &str = "nsq_suite_nsq_connections";
+/// Gauge, labels `topic`, `channel`: messages delivered and not yet finished or requeued.
+pub const IN_FLIGHT: &str = "nsq_suite_messages_in_flight";
+/// Histogram (seconds), labels `topic`, `channel`: time from delivery to FIN or REQ.
+pub const HANDLER_SECONDS: &str = "nsq_suite_handler_seconds";
+
+/// Registers the help text of every metric (shown by `/metrics`).
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(CONSUMED, "Messages delivered, by topic and channel");
+    describe_counter!(FINISHED, "Messages finished (FIN), by topic and channel");
+    describe_counter!(REQUEUED, "Messages requeued (REQ), by topic and channel");
+    describe_counter!(
+        DEAD_LETTERED,
+        "Messages published to the dead-letter topic then finished, by reason"
+    );
+    describe_counter!(DECODE_ERRORS, "Message bodies that are not a SensorReading");
+    describe_counter!(STALE, "Readings older than --max-age, by policy");
+    describe_counter!(PUBLISHED, "Messages confirmed by nsqd, by topic");
+    describe_counter!(PUBLISH_FAILURES, "Failed publishes, by topic and kind");
+    describe_gauge!(CONNECTIONS, "Open nsqd connections, by role");
+    describe_gauge!(
+        IN_FLIGHT,
+        "Messages delivered and not yet finished or requeued"
+    );
+    describe_histogram!(
+        HANDLER_SECONDS,
+        Unit::Seconds,
+        "Time from delivery to FIN or REQ, work included"
+    );
+}

@@ -1,0 +1,265 @@
+//! Building and running the worker: [`Application::build`] then
+//! [`Application::run_until_stopped`].
+//!
+//! `build` validates the configuration (a usage error, exit code 2, when it is bad), installs
+//! the metrics recorder, starts the producer for results and dead letters, and binds the HTTP
+//! port. `run_until_stopped` starts the consumer and handles each message in its own task
+//! (at most `--max-in-flight` at once, since nsqd delivers no more). When the shutdown future
+//! resolves it closes the consumer (CLS) while still handling what arrives, waits until every
+//! message is finished or requeued, then closes the producer.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use nsq::{ConnectionConfig, Consumer, ConsumerConfig, Producer, ProducerConfig};
+use suite_common::{
+    http::{self, BaseState, HttpServer, Readiness},
+    shutdown::CancellationToken,
+};
+use tokio::task::JoinSet;
+
+use crate::{
+    config::{Config, Settings},
+    handler::Handler,
+    metrics as m,
+};
+
+/// Name of the service, in `/health`, in the metrics' `service` label and in nsqadmin.
+pub const SERVICE: &str = "worker";
+
+/// How often the connection gauges and `/ready` are refreshed.
+const SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Time allowed for the producer to close after the last message.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A built worker, ready to run.
+pub struct Application {
+    /// The validated configuration.
+    settings: Arc<Settings>,
+    /// Publishes results and dead letters (already connecting).
+    producer: Producer,
+    /// What `/ready` reports: ready while consuming from at least one nsqd and the producer
+    /// is connected.
+    readiness: Readiness,
+    /// The bound HTTP port.
+    http: HttpServer,
+    /// All HTTP routes.
+    router: axum::Router,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("worker_id", &self.settings.worker_id)
+            .field("http", &self.http.local_addr())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Validates `config`, starts the producer and binds the HTTP port.
+    ///
+    /// Must be called inside a tokio runtime. Fails with a usage error for a bad setting, or
+    /// when the HTTP port cannot be bound or the metrics recorder installed.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let settings = Arc::new(config.validate()?);
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            config = %one_line(&suite_common::config::to_toml(&config)?),
+            "starting worker"
+        );
+        let metrics = http::install_metrics(SERVICE, &settings.worker_id)?;
+        m::describe();
+        let producer = Producer::connect(
+            &settings.destination_nsqd_tcp_address,
+            ProducerConfig {
+                connection: connection_config(&settings.worker_id),
+                ..ProducerConfig::default()
+            },
+        )
+        .context("starting the nsqd producer")?;
+        let readiness = Readiness::not_ready("starting");
+        let router = http::base_router(BaseState::new(
+            SERVICE,
+            &settings.worker_id,
+            readiness.clone(),
+            metrics,
+        ));
+        let http = HttpServer::bind(&settings.http_address).await?;
+        tracing::info!(
+            http_address = %http.local_addr(),
+            worker_id = %settings.worker_id,
+            topic = %settings.topic,
+            channel = %settings.channel,
+            "worker started"
+        );
+        Ok(Self {
+            settings,
+            producer,
+            readiness,
+            http,
+            router,
+        })
+    }
+
+    /// The address the HTTP port is bound to (the real port when configured with port 0).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr()
+    }
+
+    /// The worker id stamped into the results.
+    pub fn worker_id(&self) -> &str {
+        &self.settings.worker_id
+    }
+
+    /// The readiness reported by `/ready`.
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.clone()
+    }
+
+    /// Consumes and handles messages until `shutdown` resolves, then stops cleanly: CLS,
+    /// every delivered message finished or requeued, producer closed.
+    pub async fn run_until_stopped<F>(self, shutdown: F) -> anyhow::Result<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let s = Arc::clone(&self.settings);
+        let (consumer, mut messages) = Consumer::new(
+            &s.topic,
+            &s.channel,
+            ConsumerConfig {
+                connection: connection_config(&s.worker_id),
+                nsqd_tcp_addresses: s.nsqd_tcp_addresses.clone(),
+                lookupd_http_addresses: s.lookupd_http_addresses.clone(),
+                lookupd_poll_interval: s.lookupd_poll_interval,
+                max_in_flight: s.max_in_flight,
+                max_attempts: s.max_attempts,
+                ..ConsumerConfig::default()
+            },
+        )
+        .context("starting the consumer")?;
+
+        let stop_http = CancellationToken::new();
+        let http_task = tokio::spawn(
+            self.http
+                .run(self.router, stop_http.clone().cancelled_owned()),
+        );
+        let sampler = tokio::spawn(sample(
+            consumer.clone(),
+            self.producer.clone(),
+            self.readiness.clone(),
+            Arc::clone(&s),
+        ));
+
+        let handler = Handler::new(Arc::clone(&s), self.producer.clone());
+        let mut tasks: JoinSet<()> = JoinSet::new();
+        let mut closing: Option<tokio::task::JoinHandle<()>> = None;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown, if closing.is_none() => {
+                    tracing::info!(
+                        in_flight = consumer.stats().in_flight(),
+                        "stopping: closing the consumer (CLS) and finishing the messages in flight"
+                    );
+                    sampler.abort();
+                    self.readiness.set_not_ready("stopping");
+                    let consumer = consumer.clone();
+                    closing = Some(tokio::spawn(async move { consumer.close().await }));
+                }
+                Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Err(e) = joined {
+                        // A panicking handler drops its message, which requeues it.
+                        tracing::error!(error = %e, "a message handler failed; the message is requeued");
+                    }
+                }
+                msg = messages.recv() => match msg {
+                    Some(msg) => {
+                        let handler = handler.clone();
+                        tasks.spawn(async move {
+                            handler.handle(msg).await;
+                        });
+                    }
+                    None => break,
+                },
+            }
+        }
+        while let Some(joined) = tasks.join_next().await {
+            if let Err(e) = joined {
+                tracing::error!(error = %e, "a message handler failed; the message is requeued");
+            }
+        }
+        if let Some(closing) = closing {
+            let _ = closing.await;
+        }
+        sampler.abort();
+        self.readiness.set_not_ready("stopped");
+        if tokio::time::timeout(CLOSE_TIMEOUT, self.producer.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the producer did not close in time");
+        }
+        stop_http.cancel();
+        match http_task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "http server failed"),
+            Err(e) => tracing::warn!(error = %e, "http server task failed"),
+        }
+        tracing::info!("worker stopped");
+        Ok(())
+    }
+}
+
+/// Connection settings that make the worker recognisable in nsqadmin.
+fn connection_config(worker_id: &str) -> ConnectionConfig {
+    ConnectionConfig {
+        client_id: worker_id.to_owned(),
+        user_agent: format!("nsq-suite-{SERVICE}/{}", env!("CARGO_PKG_VERSION")),
+        ..ConnectionConfig::default()
+    }
+}
+
+/// Refreshes the connection and in-flight gauges and `/ready`, every [`SAMPLE_INTERVAL`].
+async fn sample(consumer: Consumer, producer: Producer, readiness: Readiness, s: Arc<Settings>) {
+    let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let stats = consumer.stats();
+        let connections = stats.connections();
+        let producer_up = producer.is_connected();
+        metrics::gauge!(m::CONNECTIONS, "role" => "consumer").set(connections as f64);
+        metrics::gauge!(m::CONNECTIONS, "role" => "producer").set(if producer_up {
+            1.0
+        } else {
+            0.0
+        });
+        metrics::gauge!(m::IN_FLIGHT, "topic" => s.topic.clone(), "channel" => s.channel.clone())
+            .set(f64::from(stats.in_flight()));
+        if connections == 0 {
+            readiness.set_not_ready(format!(
+                "not consuming {}/{} from any nsqd yet",
+                s.topic, s.channel
+            ));
+        } else if !producer_up {
+            readiness.set_not_ready(format!(
+                "not connected to the destination nsqd {}",
+                s.destination_nsqd_tcp_address
+            ));
+        } else {
+            readiness.set_ready();
+        }
+    }
+}
+
+/// A multi-line TOML text as one log-friendly line.
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
