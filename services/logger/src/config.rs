@@ -1,0 +1,427 @@
+//! The logger's command line and configuration.
+//!
+//! Every setting is a key of [`Config`]; it comes from a flag, else the environment variable
+//! `LOGGER_<KEY>` (upper case; lists comma-separated), else the `--config` TOML file, else
+//! [`Config::default`]. [`Config::validate`] turns the loaded strings into [`Settings`], or a
+//! usage error that names the flag (exit code 2).
+
+use std::{collections::HashMap, path::PathBuf, time::Duration};
+
+use clap::{CommandFactory as _, FromArgMatches as _, Parser};
+use serde::{Deserialize, Serialize};
+use suite_common::{
+    cli::{CommonArgs, CommonCommand},
+    config::ConfigError,
+    telemetry::LogFormat,
+};
+
+/// Prefix of the logger's environment variables (`LOGGER_OUTPUT`, ...).
+pub const ENV_PREFIX: &str = "LOGGER";
+
+/// Keys whose environment value is a comma-separated list.
+pub const LIST_KEYS: &[&str] = &["lookupd_http_address", "nsqd_tcp_address"];
+
+/// Default `--http-address`.
+pub const DEFAULT_HTTP_ADDRESS: &str = "127.0.0.1:4192";
+
+const AFTER_HELP: &str = "\
+Every flag can also be set with the environment variable shown next to it (lists
+comma-separated), or as a key of the TOML file given with --config (the flag's name with '_'
+for '-', e.g. max_in_flight = 1000). Precedence: flags, then environment, then file, then
+defaults. --print-config shows the result. Durations are written like 500ms, 5s, 2m.
+
+Each result is written once: a result whose (sensor_id, epoch, seq) is already in the output
+is finished without being written again. With --output, the logger rebuilds that knowledge
+from the file at start-up (a truncated last line, left by a crash, is cut off).";
+
+/// The logger's command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "logger",
+    version,
+    about = "Consumes WorkResults from NSQ and appends each one once, as a JSON line",
+    after_help = AFTER_HELP
+)]
+pub struct Cli {
+    /// Flags every service has.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The logger's own flags.
+    #[command(flatten)]
+    pub flags: Flags,
+    /// `healthcheck`, or nothing to run the logger.
+    #[command(subcommand)]
+    pub command: Option<CommonCommand>,
+}
+
+/// The logger's own flags: each overrides the configuration key of the same name.
+#[derive(Debug, Default, Clone, clap::Args, Serialize)]
+pub struct Flags {
+    /// Topic to consume [default: results]
+    #[arg(long, value_name = "TOPIC")]
+    pub topic: Option<String>,
+
+    /// Channel to consume on [default: logger]
+    #[arg(long, value_name = "CHANNEL")]
+    pub channel: Option<String>,
+
+    /// nsqlookupd HTTP address (host:port or http://host:port) to discover nsqd; repeatable
+    #[arg(long, value_name = "ADDR")]
+    pub lookupd_http_address: Vec<String>,
+
+    /// nsqd TCP address to consume from directly; repeatable
+    #[arg(long, value_name = "HOST:PORT")]
+    pub nsqd_tcp_address: Vec<String>,
+
+    /// How often nsqlookupd is asked for new nsqd [default: 5s]
+    #[arg(long, value_name = "DURATION")]
+    pub lookupd_poll_interval: Option<String>,
+
+    /// Most messages in flight, over all nsqd; also the largest write batch [default: 1000]
+    #[arg(long, value_name = "N")]
+    pub max_in_flight: Option<u32>,
+
+    /// File the JSON lines are appended to [default: stdout]
+    #[arg(long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+
+    /// fsync the output after each batch, not only flush it [default: false]
+    #[arg(
+        long,
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub fsync: Option<bool>,
+
+    /// How often the per-worker summary is logged [default: 5s]
+    #[arg(long, value_name = "DURATION")]
+    pub summary_interval: Option<String>,
+
+    /// Name of this logger in the metrics and in nsqadmin [default: the host name]
+    #[arg(long, value_name = "ID")]
+    pub logger_id: Option<String>,
+}
+
+/// The logger's configuration, as loaded and as printed by `--print-config`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Topic consumed.
+    pub topic: String,
+    /// Channel consumed on.
+    pub channel: String,
+    /// nsqlookupd HTTP addresses used to discover nsqd.
+    pub lookupd_http_address: Vec<String>,
+    /// nsqd TCP addresses consumed from directly.
+    pub nsqd_tcp_address: Vec<String>,
+    /// Period of the nsqlookupd queries (a duration such as `5s`).
+    pub lookupd_poll_interval: String,
+    /// Most messages in flight (and largest write batch).
+    pub max_in_flight: u32,
+    /// Output file (`None`: stdout).
+    pub output: Option<PathBuf>,
+    /// Whether each batch is fsynced.
+    pub fsync: bool,
+    /// Period of the per-worker summary log line (a duration such as `5s`).
+    pub summary_interval: String,
+    /// This logger's name.
+    pub logger_id: String,
+    /// Address of the HTTP port.
+    pub http_address: String,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log level or filter.
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let host = nsq::hostname();
+        Self {
+            topic: messages::RESULTS_TOPIC.to_owned(),
+            channel: "logger".to_owned(),
+            lookupd_http_address: Vec::new(),
+            nsqd_tcp_address: Vec::new(),
+            lookupd_poll_interval: "5s".to_owned(),
+            max_in_flight: 1000,
+            output: None,
+            fsync: false,
+            summary_interval: "5s".to_owned(),
+            logger_id: host.split('.').next().unwrap_or("logger").to_owned(),
+            http_address: DEFAULT_HTTP_ADDRESS.to_owned(),
+            log_format: LogFormat::Text,
+            log_level: "info".to_owned(),
+        }
+    }
+}
+
+/// The validated configuration the logger runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Topic consumed (a valid NSQ topic name).
+    pub topic: String,
+    /// Channel consumed on (a valid NSQ channel name).
+    pub channel: String,
+    /// nsqlookupd base URLs (`http://host:port`).
+    pub lookupd_http_addresses: Vec<String>,
+    /// nsqd TCP addresses (`host:port`).
+    pub nsqd_tcp_addresses: Vec<String>,
+    /// Period of the nsqlookupd queries.
+    pub lookupd_poll_interval: Duration,
+    /// Most messages in flight (at least 1).
+    pub max_in_flight: u32,
+    /// Output file (`None`: stdout).
+    pub output: Option<PathBuf>,
+    /// Whether each batch is fsynced.
+    pub fsync: bool,
+    /// Period of the per-worker summary.
+    pub summary_interval: Duration,
+    /// This logger's name.
+    pub logger_id: String,
+    /// HTTP listen address (`host:port`, port 0 allowed).
+    pub http_address: String,
+}
+
+impl Config {
+    /// Checks every setting, naming the flag of the first bad one.
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
+        use suite_common::addr;
+
+        if !nsq::protocol::is_valid_topic_name(&self.topic) {
+            return Err(ConfigError::value(
+                "--topic",
+                format!(
+                    "'{}' is not a valid NSQ topic name (1-64 characters of [.a-zA-Z0-9_-])",
+                    self.topic
+                ),
+            ));
+        }
+        if !nsq::protocol::is_valid_channel_name(&self.channel) {
+            return Err(ConfigError::value(
+                "--channel",
+                format!(
+                    "'{}' is not a valid NSQ channel name (1-64 characters of [.a-zA-Z0-9_-], \
+                     optionally ending in #ephemeral)",
+                    self.channel
+                ),
+            ));
+        }
+        let lookupd = addr::lookupd_urls("--lookupd-http-address", &self.lookupd_http_address)?;
+        let nsqd = addr::host_ports("--nsqd-tcp-address", &self.nsqd_tcp_address)?;
+        if lookupd.is_empty() && nsqd.is_empty() {
+            return Err(ConfigError::value(
+                "--lookupd-http-address / --nsqd-tcp-address",
+                "none given: the logger needs at least one nsqlookupd or nsqd to consume from \
+                 (or LOGGER_LOOKUPD_HTTP_ADDRESS / LOGGER_NSQD_TCP_ADDRESS)",
+            ));
+        }
+        let http = addr::listen_address("--http-address", &self.http_address)?;
+        if self.max_in_flight == 0 {
+            return Err(ConfigError::value("--max-in-flight", "must be at least 1"));
+        }
+        if self
+            .output
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(ConfigError::value(
+                "--output",
+                "must not be empty (leave it out to write to stdout)",
+            ));
+        }
+        let logger_id = self.logger_id.trim();
+        if logger_id.is_empty() {
+            return Err(ConfigError::value("--logger-id", "must not be empty"));
+        }
+        let summary_interval = duration("--summary-interval", &self.summary_interval)?;
+        if summary_interval.is_zero() {
+            return Err(ConfigError::value("--summary-interval", "must not be 0"));
+        }
+        let lookupd_poll_interval =
+            duration("--lookupd-poll-interval", &self.lookupd_poll_interval)?;
+        if lookupd_poll_interval.is_zero() {
+            return Err(ConfigError::value(
+                "--lookupd-poll-interval",
+                "must not be 0",
+            ));
+        }
+        Ok(Settings {
+            topic: self.topic.clone(),
+            channel: self.channel.clone(),
+            lookupd_http_addresses: lookupd,
+            nsqd_tcp_addresses: nsqd.iter().map(ToString::to_string).collect(),
+            lookupd_poll_interval,
+            max_in_flight: self.max_in_flight,
+            output: self.output.clone(),
+            fsync: self.fsync,
+            summary_interval,
+            logger_id: logger_id.to_owned(),
+            http_address: http.to_string(),
+        })
+    }
+}
+
+/// Parses a duration such as `500ms`, `5s` or `2m`, naming the flag when it is not one.
+pub fn duration(flag: &str, text: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        ConfigError::value(
+            flag,
+            format!("'{text}' is not a duration such as 500ms, 5s or 2m ({e})"),
+        )
+    })
+}
+
+impl Cli {
+    /// The clap command, with each flag's environment variable added to its help.
+    pub fn command_with_env() -> clap::Command {
+        let command = Self::command().mut_arg("http_address", |arg| {
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            arg.help(format!("{help} [default: {DEFAULT_HTTP_ADDRESS}]"))
+        });
+        suite_common::cli::with_env_help(command, ENV_PREFIX)
+    }
+
+    /// Parses the process arguments; exits with code 2 (clap's usage error) when they are bad,
+    /// and 0 after `--help` or `--version`.
+    pub fn parse_args() -> Self {
+        let matches = Self::command_with_env().get_matches();
+        Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+
+    /// Parses the given arguments (the first is the program name).
+    pub fn try_parse_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Self::command_with_env().try_get_matches_from(args)?;
+        Self::from_arg_matches(&matches)
+    }
+
+    /// Loads the configuration from the flags, the process environment, the `--config` file
+    /// and the defaults.
+    pub fn load_config(&self) -> Result<Config, ConfigError> {
+        self.common.load_config(ENV_PREFIX, LIST_KEYS, &self.flags)
+    }
+
+    /// Same as [`Cli::load_config`] with `env` in place of the process environment (tests).
+    pub fn load_config_with_env(
+        &self,
+        env: &HashMap<String, String>,
+    ) -> Result<Config, ConfigError> {
+        self.common
+            .sources(ENV_PREFIX, LIST_KEYS)
+            .env(env)
+            .load(&self.common.with(&self.flags))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut all = vec!["logger"];
+        all.extend_from_slice(args);
+        Cli::try_parse_args(all).unwrap()
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn settings(args: &[&str], e: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        cli(args).load_config_with_env(&env(e)).unwrap().validate()
+    }
+
+    #[test]
+    fn defaults() {
+        let s = settings(&["--nsqd-tcp-address", "127.0.0.1:4150"], &[]).unwrap();
+        assert_eq!(
+            (s.topic.as_str(), s.channel.as_str()),
+            ("results", "logger")
+        );
+        assert_eq!(s.max_in_flight, 1000);
+        assert_eq!(s.output, None);
+        assert!(!s.fsync);
+        assert_eq!(s.summary_interval, Duration::from_secs(5));
+        assert_eq!(s.http_address, DEFAULT_HTTP_ADDRESS);
+    }
+
+    #[test]
+    fn fsync_flag_forms() {
+        let base = ["--nsqd-tcp-address", "a:1"];
+        let with = |extra: &[&str], e: &[(&str, &str)]| {
+            let mut args = base.to_vec();
+            args.extend_from_slice(extra);
+            settings(&args, e).unwrap().fsync
+        };
+        assert!(with(&["--fsync"], &[]));
+        assert!(with(&["--fsync=true"], &[]));
+        assert!(
+            !with(&["--fsync=false"], &[("LOGGER_FSYNC", "true")]),
+            "flag beats env"
+        );
+        assert!(with(&[], &[("LOGGER_FSYNC", "true")]), "env when no flag");
+        assert!(!with(&[], &[]));
+    }
+
+    #[test]
+    fn output_and_sources() {
+        let s = settings(
+            &[
+                "--lookupd-http-address",
+                "l:4161",
+                "--output",
+                "/tmp/x.jsonl",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.output, Some(PathBuf::from("/tmp/x.jsonl")));
+        assert_eq!(s.lookupd_http_addresses, ["http://l:4161"]);
+        let err = settings(&[], &[]).unwrap_err().to_string();
+        assert!(err.contains("at least one nsqlookupd or nsqd"), "{err}");
+    }
+
+    #[test]
+    fn bad_settings_name_the_flag() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--topic", "a b"], "invalid `--topic`"),
+            (&["--channel", "a/b"], "invalid `--channel`"),
+            (&["--max-in-flight", "0"], "invalid `--max-in-flight`"),
+            (
+                &["--summary-interval", "often"],
+                "invalid `--summary-interval`",
+            ),
+            (&["--logger-id", " "], "invalid `--logger-id`"),
+            (&["--http-address", "h"], "`--http-address` 'h'"),
+        ];
+        for (args, expected) in cases {
+            let mut all = vec!["--nsqd-tcp-address", "127.0.0.1:4150"];
+            all.extend_from_slice(args);
+            let err = settings(&all, &[]).unwrap_err().to_string();
+            assert!(err.contains(expected), "{args:?}: {err}");
+        }
+        // clap refuses an empty --output itself; the environment can still give one.
+        let err = settings(&["--nsqd-tcp-address", "a:1"], &[("LOGGER_OUTPUT", "")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("invalid `--output`"), "{err}");
+    }
+
+    #[test]
+    fn help_names_every_env_var() {
+        let help = Cli::command_with_env().render_help().to_string();
+        let keys = serde_json::to_value(Config::default()).unwrap();
+        for key in keys.as_object().unwrap().keys() {
+            let var = format!("LOGGER_{}", key.to_ascii_uppercase());
+            assert!(help.contains(&var), "{var} missing from --help:\n{help}");
+        }
+    }
+}

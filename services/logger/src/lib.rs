@@ -1,0 +1,68 @@
+//! The logger: appends each `WorkResult` exactly once to a JSON-lines log.
+//!
+//! # What it does
+//!
+//! The logger consumes `--topic` (default `results`) on `--channel` (default `logger`) from
+//! every nsqd it is given or finds through nsqlookupd, and appends one JSON object per result
+//! to `--output` (or stdout): see [`line`] for the format. It writes in batches (whatever has
+//! arrived, up to `--max-in-flight`), flushes each batch (and `fsync`s it with `--fsync`), and
+//! only then finishes the batch's messages: a crash before that gets them delivered again.
+//!
+//! NSQ delivers at least once, so the logger is idempotent: a result whose
+//! `(sensor_id, epoch, seq)` is already in the output is finished without being written
+//! again, and counted. That knowledge ([`seen::Seen`]) is derived from the output file
+//! itself, rebuilt at every start ([`output::Output::open`]), so the file and the state cannot
+//! disagree, even after `kill -9` between a write and its FINs. An incomplete last line left
+//! by a crash is cut off with a warning (its message was never finished).
+//!
+//! It also keeps per-worker counts over a sliding window ([`workers`]): `GET /workers`, and a
+//! summary log line every `--summary-interval`, e.g. `3 workers, 33% / 34% / 33%, 1200
+//! results/s`, which makes NSQ's load balancing visible.
+//!
+//! On SIGTERM/SIGINT the logger closes its consumer with CLS, writes and finishes what is in
+//! flight, and exits 0.
+//!
+//! # Modules
+//!
+//! * [`config`]: flags, environment and file ([`Cli`], [`Config`]), validated into
+//!   [`Settings`](config::Settings);
+//! * [`startup`]: [`Application::build`] and [`Application::run_until_stopped`];
+//! * [`sink`]: what happens to a batch of messages;
+//! * [`output`]: the output file, its rebuild and its failure handling;
+//! * [`line`], [`seen`], [`workers`]: the line format, the de-duplication set and the
+//!   per-worker window, free of I/O;
+//! * [`metrics`]: the names of the Prometheus metrics.
+//!
+//! # Running it in-process
+//!
+//! ```no_run
+//! # async fn example() -> anyhow::Result<()> {
+//! let config = logger::Config {
+//!     nsqd_tcp_address: vec!["127.0.0.1:4150".into()],
+//!     output: Some("results.jsonl".into()),
+//!     http_address: "127.0.0.1:0".into(),
+//!     ..logger::Config::default()
+//! };
+//! let app = logger::Application::build(config).await?;
+//! println!("{} readings already in the output", app.seen().len());
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let run = tokio::spawn(app.run_until_stopped(async move { let _ = stopped.await; }));
+//! // ... later:
+//! let _ = stop.send(());
+//! run.await??;
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod line;
+pub mod metrics;
+pub mod output;
+pub mod seen;
+pub mod sink;
+pub mod startup;
+pub mod workers;
+
+pub use config::{Cli, Config};
+pub use startup::Application;

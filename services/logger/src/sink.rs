@@ -1,0 +1,255 @@
+//! What the logger does with a batch of messages: write each new result once, then FIN.
+//!
+//! A batch is whatever the consumer has delivered when the logger is ready for more (at
+//! most `--max-in-flight`). For each message:
+//!
+//! | case | action |
+//! |---|---|
+//! | not a `WorkResult` | FIN at once; logged as an error and counted (retrying cannot help) |
+//! | key already in the output | FIN at once, not written; counted as a duplicate |
+//! | key earlier in the same batch | FIN after the batch is written; counted as a duplicate |
+//! | new key | line appended; FIN after the whole batch is written and flushed |
+//!
+//! When the batch cannot be written, nothing of it is in the output (see
+//! [`Output::write_batch`]): its messages are requeued, `/ready` reports the output as not
+//! writable, and the consumer backs off. If the output may hold part of the batch and cannot
+//! be cut back, [`Sink::handle_batch`] returns an error and the logger stops.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use messages::WorkResult;
+use nsq::Message;
+
+use crate::{
+    config::Settings,
+    line::{Key, LogLine},
+    metrics as m,
+    output::{Output, WriteError},
+    seen::Seen,
+    workers::WorkerWindow,
+};
+
+/// Delay before a message whose batch could not be written is delivered again.
+const REQUEUE_DELAY: Duration = Duration::from_secs(1);
+
+/// The output and the state derived from it.
+#[derive(Debug)]
+pub struct Sink {
+    /// The validated configuration.
+    settings: Arc<Settings>,
+    /// The output; `None` only while a write runs on the blocking pool.
+    output: Option<Output>,
+    /// Keys of the lines in the output.
+    seen: Seen,
+    /// Per-worker counts, shared with `GET /workers`.
+    workers: Arc<Mutex<WorkerWindow>>,
+    /// Whether the last write succeeded (for `/ready`).
+    writable: Arc<AtomicBool>,
+    /// Start of the worker window's clock.
+    started: Instant,
+}
+
+/// A message whose line is in the batch being written.
+struct Fresh {
+    /// The message, finished once the batch is written.
+    msg: Message,
+    /// Its key, recorded as seen once the batch is written.
+    key: Key,
+    /// When the reading was taken (for the end-to-end latency).
+    taken_at: u64,
+    /// Which worker computed it (for the per-worker counts).
+    worker_id: String,
+}
+
+impl Sink {
+    /// A sink writing to `output`, whose existing lines' keys are `seen`.
+    pub fn new(
+        settings: Arc<Settings>,
+        output: Output,
+        seen: Seen,
+        workers: Arc<Mutex<WorkerWindow>>,
+        writable: Arc<AtomicBool>,
+        started: Instant,
+    ) -> Self {
+        metrics::gauge!(m::KNOWN_READINGS).set(seen.len() as f64);
+        Self {
+            settings,
+            output: Some(output),
+            seen,
+            workers,
+            writable,
+            started,
+        }
+    }
+
+    /// The keys written so far.
+    pub fn seen(&self) -> &Seen {
+        &self.seen
+    }
+
+    /// Writes the new results of `batch` and finishes or requeues every message in it.
+    ///
+    /// Returns an error only when the output can no longer be trusted; the batch's messages
+    /// are then requeued and the logger must stop.
+    pub async fn handle_batch(&mut self, batch: Vec<Message>) -> anyhow::Result<()> {
+        let s = Arc::clone(&self.settings);
+        let labels = [("topic", s.topic.clone()), ("channel", s.channel.clone())];
+        metrics::counter!(m::CONSUMED, &labels).increment(batch.len() as u64);
+
+        let written_at = unix_nanos();
+        let mut bytes = Vec::with_capacity(batch.len() * 256);
+        let mut fresh: Vec<Fresh> = Vec::with_capacity(batch.len());
+        let mut in_batch: HashSet<Key> = HashSet::new();
+        let mut repeated: Vec<Message> = Vec::new();
+        let mut finished_now = 0u64;
+        let mut duplicates = 0u64;
+        for msg in batch {
+            let result = match WorkResult::decode(msg.body()) {
+                Ok(result) => result,
+                Err(e) => {
+                    metrics::counter!(m::DECODE_ERRORS, &labels).increment(1);
+                    tracing::error!(
+                        id = msg.id(),
+                        attempts = msg.attempts(),
+                        nsqd = msg.nsqd_address(),
+                        bytes = msg.body().len(),
+                        head = %hex_head(msg.body()),
+                        error = %e,
+                        "message is not a WorkResult: finished without writing it"
+                    );
+                    msg.finish();
+                    finished_now += 1;
+                    continue;
+                }
+            };
+            let line = LogLine::new(result, written_at);
+            let key = line.key();
+            if self.seen.contains(&key) {
+                duplicates += 1;
+                tracing::debug!(?key, attempts = msg.attempts(), "duplicate result finished");
+                msg.finish();
+                finished_now += 1;
+                continue;
+            }
+            if in_batch.contains(&key) {
+                duplicates += 1;
+                repeated.push(msg);
+                continue;
+            }
+            line.write_to(&mut bytes)
+                .context("serializing an output line")?;
+            in_batch.insert(key.clone());
+            fresh.push(Fresh {
+                msg,
+                key,
+                taken_at: line.taken_at,
+                worker_id: line.worker_id,
+            });
+        }
+        metrics::counter!(m::FINISHED, &labels).increment(finished_now);
+        metrics::counter!(m::DUPLICATES, &labels).increment(duplicates);
+        if fresh.is_empty() {
+            for msg in repeated {
+                // Cannot happen (a repeat needs a first in the batch); finish it anyway.
+                msg.finish();
+            }
+            return Ok(());
+        }
+
+        let Some(mut output) = self.output.take() else {
+            anyhow::bail!("the output is gone (an earlier write task failed)");
+        };
+        let (output, written) = tokio::task::spawn_blocking(move || {
+            let written = output.write_batch(&bytes);
+            (output, written)
+        })
+        .await
+        .context("the write task failed")?;
+        self.output = Some(output);
+
+        match written {
+            Ok(()) => {
+                self.writable.store(true, Ordering::Relaxed);
+                let lines = fresh.len() as u64;
+                let mut per_worker: HashMap<String, u64> = HashMap::new();
+                for f in fresh {
+                    self.seen.insert(&f.key);
+                    f.msg.finish();
+                    let latency = Duration::from_nanos(written_at.saturating_sub(f.taken_at));
+                    metrics::histogram!(m::END_TO_END_SECONDS).record(latency.as_secs_f64());
+                    *per_worker.entry(f.worker_id).or_default() += 1;
+                }
+                let repeats = repeated.len() as u64;
+                for msg in repeated {
+                    msg.finish();
+                }
+                metrics::counter!(m::FINISHED, &labels).increment(lines + repeats);
+                metrics::counter!(m::LINES_WRITTEN).increment(lines);
+                metrics::counter!(m::WRITE_BATCHES).increment(1);
+                metrics::gauge!(m::KNOWN_READINGS).set(self.seen.len() as f64);
+                let now = self.started.elapsed().as_secs();
+                if let Ok(mut window) = self.workers.lock() {
+                    for (worker, n) in per_worker {
+                        window.record(&worker, n, now);
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.writable.store(false, Ordering::Relaxed);
+                metrics::counter!(m::WRITE_ERRORS).increment(1);
+                let n = (fresh.len() + repeated.len()) as u64;
+                for msg in fresh.into_iter().map(|f| f.msg).chain(repeated) {
+                    msg.requeue(REQUEUE_DELAY);
+                }
+                metrics::counter!(m::REQUEUED, &labels).increment(n);
+                match e {
+                    WriteError::Failed { .. } => {
+                        tracing::error!(error = %e, messages = n, "batch not written: requeued");
+                        Ok(())
+                    }
+                    WriteError::Corrupt { .. } => Err(anyhow::Error::new(e)
+                        .context("the output may hold a partial batch; stopping (a restart rebuilds the state from the file)")),
+                }
+            }
+        }
+    }
+}
+
+/// The first bytes of a body in hex, for logging a message that does not decode.
+fn hex_head(body: &[u8]) -> String {
+    let mut text: String = body.iter().take(32).map(|b| format!("{b:02x}")).collect();
+    if body.len() > 32 {
+        text.push_str("...");
+    }
+    text
+}
+
+/// Now, in nanoseconds since the Unix epoch (0 if the clock is before 1970).
+pub(crate) fn unix_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_head_is_bounded() {
+        assert_eq!(hex_head(b"\x01\xff"), "01ff");
+        let long = hex_head(&[0u8; 40]);
+        assert_eq!(long.len(), 64 + 3);
+        assert!(long.ends_with("..."));
+    }
+}

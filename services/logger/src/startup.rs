@@ -1,0 +1,387 @@
+//! Building and running the logger: [`Application::build`] then
+//! [`Application::run_until_stopped`].
+//!
+//! `build` validates the configuration (a usage error, exit code 2, when it is bad), opens
+//! the output and rebuilds the de-duplication state from it, installs the metrics recorder
+//! and binds the HTTP port. `run_until_stopped` starts the consumer and writes batches: it
+//! takes a message, then whatever else has already arrived (up to `--max-in-flight`), and
+//! hands the batch to the [`Sink`]. When the shutdown future resolves it closes the consumer
+//! (CLS) while still writing what arrives, until every message is finished or requeued.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use axum::{extract::State, routing::get, Json, Router};
+use nsq::{ConnectionConfig, Consumer, ConsumerConfig, Message};
+use suite_common::{
+    http::{self, BaseState, HttpServer, Readiness},
+    shutdown::CancellationToken,
+};
+
+use crate::{
+    config::{Config, Settings},
+    metrics as m,
+    output::Output,
+    seen::Seen,
+    sink::Sink,
+    workers::{Snapshot, WorkerWindow},
+};
+
+/// Name of the service, in `/health`, in the metrics' `service` label and in nsqadmin.
+pub const SERVICE: &str = "logger";
+
+/// How often the connection gauges and `/ready` are refreshed.
+const SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// A built logger, ready to run.
+pub struct Application {
+    /// The validated configuration.
+    settings: Arc<Settings>,
+    /// The output and the state derived from it.
+    sink: Sink,
+    /// Per-worker counts, shared with `GET /workers`.
+    workers: Arc<Mutex<WorkerWindow>>,
+    /// Whether the last write succeeded.
+    writable: Arc<AtomicBool>,
+    /// Start of the worker window's clock.
+    started: Instant,
+    /// What `/ready` reports: ready while consuming from at least one nsqd with a writable
+    /// output.
+    readiness: Readiness,
+    /// The bound HTTP port.
+    http: HttpServer,
+    /// All HTTP routes.
+    router: Router,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("logger_id", &self.settings.logger_id)
+            .field("http", &self.http.local_addr())
+            .finish_non_exhaustive()
+    }
+}
+
+/// State of `GET /workers`.
+#[derive(Debug, Clone)]
+struct WorkersState {
+    /// The window.
+    workers: Arc<Mutex<WorkerWindow>>,
+    /// Start of the window's clock.
+    started: Instant,
+}
+
+impl Application {
+    /// Validates `config`, opens the output (rebuilding the de-duplication state from it)
+    /// and binds the HTTP port.
+    ///
+    /// Must be called inside a tokio runtime. Fails with a usage error for a bad setting, or
+    /// when the output cannot be used, the HTTP port bound or the metrics recorder installed.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let settings = Arc::new(config.validate()?);
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            config = %one_line(&suite_common::config::to_toml(&config)?),
+            "starting logger"
+        );
+        let metrics = http::install_metrics(SERVICE, &settings.logger_id)?;
+        m::describe();
+
+        let (output, seen) = open_output(&settings).await?;
+        let started = Instant::now();
+        let workers = Arc::new(Mutex::new(WorkerWindow::default()));
+        let writable = Arc::new(AtomicBool::new(true));
+        let sink = Sink::new(
+            Arc::clone(&settings),
+            output,
+            seen,
+            Arc::clone(&workers),
+            Arc::clone(&writable),
+            started,
+        );
+
+        let readiness = Readiness::not_ready("starting");
+        let router = http::base_router(BaseState::new(
+            SERVICE,
+            &settings.logger_id,
+            readiness.clone(),
+            metrics,
+        ))
+        .merge(
+            Router::new()
+                .route("/workers", get(workers_route))
+                .with_state(WorkersState {
+                    workers: Arc::clone(&workers),
+                    started,
+                }),
+        );
+        let http = HttpServer::bind(&settings.http_address).await?;
+        tracing::info!(
+            http_address = %http.local_addr(),
+            logger_id = %settings.logger_id,
+            topic = %settings.topic,
+            channel = %settings.channel,
+            "logger started"
+        );
+        Ok(Self {
+            settings,
+            sink,
+            workers,
+            writable,
+            started,
+            readiness,
+            http,
+            router,
+        })
+    }
+
+    /// The address the HTTP port is bound to (the real port when configured with port 0).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr()
+    }
+
+    /// The readiness reported by `/ready`.
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.clone()
+    }
+
+    /// The keys already in the output (rebuilt from it at start-up).
+    pub fn seen(&self) -> &Seen {
+        self.sink.seen()
+    }
+
+    /// Consumes and writes until `shutdown` resolves, then stops cleanly: CLS, every
+    /// delivered message written and finished (or requeued).
+    ///
+    /// Fails when the output can no longer be trusted (see [`Sink::handle_batch`]).
+    pub async fn run_until_stopped<F>(self, shutdown: F) -> anyhow::Result<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let Self {
+            settings: s,
+            mut sink,
+            workers,
+            writable,
+            started,
+            readiness,
+            http,
+            router,
+        } = self;
+        let (consumer, mut messages) = Consumer::new(
+            &s.topic,
+            &s.channel,
+            ConsumerConfig {
+                connection: ConnectionConfig {
+                    client_id: s.logger_id.clone(),
+                    user_agent: format!("nsq-suite-{SERVICE}/{}", env!("CARGO_PKG_VERSION")),
+                    ..ConnectionConfig::default()
+                },
+                nsqd_tcp_addresses: s.nsqd_tcp_addresses.clone(),
+                lookupd_http_addresses: s.lookupd_http_addresses.clone(),
+                lookupd_poll_interval: s.lookupd_poll_interval,
+                max_in_flight: s.max_in_flight,
+                // The logger never gives up on a result: a write that keeps failing is an
+                // operator's problem, visible in /ready and the logs, not a reason to drop.
+                max_attempts: 0,
+                ..ConsumerConfig::default()
+            },
+        )
+        .context("starting the consumer")?;
+
+        let stop_http = CancellationToken::new();
+        let http_task = tokio::spawn(http.run(router, stop_http.clone().cancelled_owned()));
+        let sampler = tokio::spawn(sample(
+            consumer.clone(),
+            readiness.clone(),
+            Arc::clone(&writable),
+            Arc::clone(&s),
+        ));
+        let mut summary = tokio::time::interval_at(
+            tokio::time::Instant::now() + s.summary_interval,
+            s.summary_interval,
+        );
+        summary.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        let max_batch = s.max_in_flight as usize;
+        let mut closing: Option<tokio::task::JoinHandle<()>> = None;
+        let mut failure: Option<anyhow::Error> = None;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown, if closing.is_none() => {
+                    tracing::info!(
+                        in_flight = consumer.stats().in_flight(),
+                        "stopping: closing the consumer (CLS) and writing the messages in flight"
+                    );
+                    sampler.abort();
+                    readiness.set_not_ready("stopping");
+                    let consumer = consumer.clone();
+                    closing = Some(tokio::spawn(async move { consumer.close().await }));
+                }
+                _ = summary.tick() => log_summary(&workers, started),
+                msg = messages.recv() => match msg {
+                    Some(first) => {
+                        let batch = take_batch(first, &mut messages, max_batch);
+                        if let Err(e) = sink.handle_batch(batch).await {
+                            failure = Some(e);
+                            break;
+                        }
+                    }
+                    None => break,
+                },
+            }
+        }
+        sampler.abort();
+        if let Some(e) = failure {
+            tracing::error!(error = %format!("{e:#}"), "stopping: the output cannot be trusted");
+            readiness.set_not_ready("failed");
+            consumer.close_and_requeue(messages).await;
+            stop_http.cancel();
+            let _ = http_task.await;
+            return Err(e);
+        }
+        if let Some(closing) = closing {
+            let _ = closing.await;
+        }
+        readiness.set_not_ready("stopped");
+        log_summary(&workers, started);
+        stop_http.cancel();
+        match http_task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "http server failed"),
+            Err(e) => tracing::warn!(error = %e, "http server task failed"),
+        }
+        tracing::info!(readings = sink.seen().len(), "logger stopped");
+        Ok(())
+    }
+}
+
+/// Logs the per-worker summary, when there was work in the window.
+fn log_summary(workers: &Mutex<WorkerWindow>, started: Instant) {
+    let snapshot = workers
+        .lock()
+        .map(|mut w| w.snapshot(started.elapsed().as_secs()));
+    if let Ok(snapshot) = snapshot {
+        if snapshot.count > 0 {
+            tracing::info!(
+                window_seconds = snapshot.window_seconds,
+                "{}",
+                snapshot.summary()
+            );
+        }
+    }
+}
+
+/// Opens the output named in the settings, or stdout; returns it with the keys it holds.
+async fn open_output(settings: &Settings) -> anyhow::Result<(Output, Seen)> {
+    let Some(path) = settings.output.clone() else {
+        tracing::info!("writing to stdout: duplicates are recognised within this run only");
+        return Ok((Output::stdout(), Seen::default()));
+    };
+    let fsync = settings.fsync;
+    let started = Instant::now();
+    let (output, recovered) = tokio::task::spawn_blocking(move || Output::open(&path, fsync))
+        .await
+        .context("the task opening the output failed")??;
+    if recovered.truncated_bytes > 0 {
+        tracing::warn!(
+            output = %output.describe(),
+            bytes = recovered.truncated_bytes,
+            "the output ended with an incomplete line (a crash during a write): cut it off; \
+             its message was not finished and will be delivered again"
+        );
+    }
+    if recovered.duplicate_lines > 0 {
+        tracing::warn!(
+            output = %output.describe(),
+            lines = recovered.duplicate_lines,
+            "the output holds lines with the same (sensor_id, epoch, seq) as an earlier line"
+        );
+    }
+    if !output.is_durable() {
+        tracing::warn!(
+            output = %output.describe(),
+            "the output is not a regular file: duplicates are recognised within this run only"
+        );
+    }
+    tracing::info!(
+        output = %output.describe(),
+        lines = recovered.lines,
+        readings = recovered.seen.len(),
+        sensor_epochs = recovered.seen.epochs(),
+        took = ?started.elapsed(),
+        "de-duplication state rebuilt from the output"
+    );
+    Ok((output, recovered.seen))
+}
+
+/// `first` and whatever else has already arrived, up to `max` messages.
+fn take_batch(first: Message, messages: &mut nsq::Messages, max: usize) -> Vec<Message> {
+    let mut batch = Vec::with_capacity(max.min(1024));
+    batch.push(first);
+    while batch.len() < max {
+        match messages.try_recv() {
+            Some(msg) => batch.push(msg),
+            None => break,
+        }
+    }
+    batch
+}
+
+async fn workers_route(State(state): State<WorkersState>) -> Json<Snapshot> {
+    let now = state.started.elapsed().as_secs();
+    let snapshot = match state.workers.lock() {
+        Ok(mut window) => window.snapshot(now),
+        Err(poisoned) => poisoned.into_inner().snapshot(now),
+    };
+    Json(snapshot)
+}
+
+/// Refreshes the connection and in-flight gauges and `/ready`, every [`SAMPLE_INTERVAL`].
+async fn sample(
+    consumer: Consumer,
+    readiness: Readiness,
+    writable: Arc<AtomicBool>,
+    s: Arc<Settings>,
+) {
+    let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let stats = consumer.stats();
+        let connections = stats.connections();
+        metrics::gauge!(m::CONNECTIONS, "role" => "consumer").set(connections as f64);
+        metrics::gauge!(m::IN_FLIGHT, "topic" => s.topic.clone(), "channel" => s.channel.clone())
+            .set(f64::from(stats.in_flight()));
+        if connections == 0 {
+            readiness.set_not_ready(format!(
+                "not consuming {}/{} from any nsqd yet",
+                s.topic, s.channel
+            ));
+        } else if !writable.load(Ordering::Relaxed) {
+            readiness.set_not_ready("the output is not writable (see the logs)");
+        } else {
+            readiness.set_ready();
+        }
+    }
+}
+
+/// A multi-line TOML text as one log-friendly line.
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

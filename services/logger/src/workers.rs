@@ -1,0 +1,197 @@
+//! Per-worker counts over a sliding window: who did how much of the work lately.
+//!
+//! This makes NSQ's load balancing visible: `GET /workers` answers the counts and rates of
+//! the last [`WINDOW`], and every `--summary-interval` the logger logs a line such as
+//! `3 workers, 33% / 34% / 33%, 1200 results/s`. Counts are kept in one-second buckets, so
+//! memory is bounded by the number of workers times the window's seconds.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::Serialize;
+
+/// Length of the sliding window, in seconds.
+pub const WINDOW_SECS: u64 = 10;
+
+/// Length of the sliding window.
+pub const WINDOW: std::time::Duration = std::time::Duration::from_secs(WINDOW_SECS);
+
+/// Results per worker per second, over the last [`WINDOW`].
+#[derive(Debug, Default)]
+pub struct WorkerWindow {
+    /// Per worker: `(second, count)` buckets, oldest first, and the all-time total.
+    workers: BTreeMap<String, (VecDeque<(u64, u64)>, u64)>,
+    /// The first second anything was recorded (rates over a shorter history are not
+    /// under-estimated).
+    first: Option<u64>,
+}
+
+/// One worker's share of the recent work.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkerShare {
+    /// The worker's id (from the results).
+    pub worker_id: String,
+    /// Results in the window.
+    pub count: u64,
+    /// Results per second over the window.
+    pub rate: f64,
+    /// Fraction of the window's results (0 to 1).
+    pub share: f64,
+    /// Results since the logger started.
+    pub total: u64,
+}
+
+/// The window's figures, as answered by `GET /workers`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Snapshot {
+    /// The window's length in seconds.
+    pub window_seconds: u64,
+    /// Results in the window, all workers.
+    pub count: u64,
+    /// Results per second over the window, all workers.
+    pub rate: f64,
+    /// Workers with results in the window, by id.
+    pub workers: Vec<WorkerShare>,
+}
+
+impl WorkerWindow {
+    /// Records `n` results of `worker_id` at second `now` (any monotonic clock in seconds).
+    pub fn record(&mut self, worker_id: &str, n: u64, now: u64) {
+        self.first.get_or_insert(now);
+        let (buckets, total) = match self.workers.get_mut(worker_id) {
+            Some(entry) => entry,
+            None => self.workers.entry(worker_id.to_owned()).or_default(),
+        };
+        *total += n;
+        match buckets.back_mut() {
+            Some((second, count)) if *second == now => *count += n,
+            _ => buckets.push_back((now, n)),
+        }
+        Self::expire(buckets, now);
+    }
+
+    /// The figures at second `now`; workers idle for a whole window are forgotten.
+    pub fn snapshot(&mut self, now: u64) -> Snapshot {
+        for (buckets, _) in self.workers.values_mut() {
+            Self::expire(buckets, now);
+        }
+        self.workers.retain(|_, (buckets, _)| !buckets.is_empty());
+        // Seconds covered: the window, or less when the logger has not run that long.
+        let span = self
+            .first
+            .map_or(WINDOW_SECS, |first| {
+                (now.saturating_sub(first) + 1).min(WINDOW_SECS)
+            })
+            .max(1);
+        let counts: Vec<(&String, u64, u64)> = self
+            .workers
+            .iter()
+            .map(|(id, (buckets, total))| (id, buckets.iter().map(|(_, c)| c).sum(), *total))
+            .collect();
+        let count: u64 = counts.iter().map(|(_, c, _)| c).sum();
+        let workers = counts
+            .into_iter()
+            .map(|(id, c, total)| WorkerShare {
+                worker_id: id.clone(),
+                count: c,
+                rate: c as f64 / span as f64,
+                share: if count == 0 {
+                    0.0
+                } else {
+                    c as f64 / count as f64
+                },
+                total,
+            })
+            .collect();
+        Snapshot {
+            window_seconds: WINDOW_SECS,
+            count,
+            rate: count as f64 / span as f64,
+            workers,
+        }
+    }
+
+    fn expire(buckets: &mut VecDeque<(u64, u64)>, now: u64) {
+        while buckets
+            .front()
+            .is_some_and(|(second, _)| second + WINDOW_SECS <= now)
+        {
+            buckets.pop_front();
+        }
+    }
+}
+
+impl Snapshot {
+    /// The summary line, e.g. `3 workers, 33% / 34% / 33%, 1200 results/s`.
+    pub fn summary(&self) -> String {
+        let shares: Vec<String> = self
+            .workers
+            .iter()
+            .map(|w| format!("{:.0}%", w.share * 100.0))
+            .collect();
+        let noun = if self.workers.len() == 1 {
+            "worker"
+        } else {
+            "workers"
+        };
+        if shares.is_empty() {
+            format!("0 workers, {:.0} results/s", self.rate)
+        } else {
+            format!(
+                "{} {noun}, {}, {:.0} results/s",
+                self.workers.len(),
+                shares.join(" / "),
+                self.rate
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_and_rates() {
+        let mut w = WorkerWindow::default();
+        for second in 100..110 {
+            w.record("a", 30, second);
+            w.record("b", 60, second);
+            w.record("c", 30, second);
+        }
+        let s = w.snapshot(109);
+        assert_eq!(s.count, 1200);
+        assert!((s.rate - 120.0).abs() < 1e-9);
+        assert_eq!(s.workers.len(), 3);
+        assert!((s.workers[1].share - 0.5).abs() < 1e-9);
+        assert!((s.workers[0].rate - 30.0).abs() < 1e-9);
+        assert_eq!(s.summary(), "3 workers, 25% / 50% / 25%, 120 results/s");
+    }
+
+    #[test]
+    fn old_buckets_leave_the_window() {
+        let mut w = WorkerWindow::default();
+        w.record("a", 10, 0);
+        w.record("b", 10, 5);
+        let s = w.snapshot(10);
+        assert_eq!(s.count, 10, "a's bucket from second 0 left the window");
+        assert_eq!(s.workers.len(), 1);
+        let s = w.snapshot(100);
+        assert_eq!(s.count, 0);
+        assert!(s.workers.is_empty());
+        assert_eq!(s.summary(), "0 workers, 0 results/s");
+        // Totals survive while the worker is active.
+        w.record("c", 5, 200);
+        w.record("c", 5, 201);
+        assert_eq!(w.snapshot(201).workers[0].total, 10);
+    }
+
+    #[test]
+    fn a_short_history_is_not_underestimated() {
+        let mut w = WorkerWindow::default();
+        w.record("a", 50, 7);
+        w.record("a", 50, 8);
+        let s = w.snapshot(8);
+        assert!((s.rate - 50.0).abs() < 1e-9, "{}", s.rate);
+        assert_eq!(s.summary(), "1 worker, 100%, 50 results/s");
+    }
+}

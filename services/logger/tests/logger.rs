@@ -1,0 +1,392 @@
+//! The logger in-process against a real nsqd (nsq::testkit), and its binary's command line.
+//!
+//! Every test that builds an [`Application`] uses the logger id [`LOGGER_ID`]: the metrics
+//! recorder is process-wide and labelled with the id.
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use logger::{line::LogLine, Application, Config};
+use messages::{WorkResult, SCHEMA_VERSION};
+use nsq::testkit::{free_port, Nsqd};
+
+const LOGGER_ID: &str = "test-logger";
+const BIN: &str = env!("CARGO_BIN_EXE_logger");
+
+fn init_logs() {
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        let _ = suite_common::telemetry::init(suite_common::telemetry::LogFormat::Text, &filter);
+    }
+}
+
+fn config(nsqd: &Nsqd, output: &Path) -> Config {
+    Config {
+        nsqd_tcp_address: vec![nsqd.tcp_address()],
+        output: Some(output.to_owned()),
+        logger_id: LOGGER_ID.to_owned(),
+        http_address: "127.0.0.1:0".to_owned(),
+        summary_interval: "200ms".to_owned(),
+        ..Config::default()
+    }
+}
+
+async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !cond().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn result(seq: u64, worker: &str) -> WorkResult {
+    WorkResult {
+        schema: SCHEMA_VERSION,
+        sensor_id: "s1".to_owned(),
+        epoch: 5,
+        seq,
+        taken_at: 1_000 + seq,
+        values: vec![seq as u32, 2],
+        squares: vec![seq * seq, 4],
+        worker_id: worker.to_owned(),
+        computed_at: 2_000 + seq,
+        stale: seq == 3,
+    }
+}
+
+fn body(seq: u64, worker: &str) -> Bytes {
+    Bytes::from(result(seq, worker).encode().unwrap())
+}
+
+/// The output's complete lines, parsed.
+fn lines(path: &Path) -> Vec<LogLine> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
+        .collect()
+}
+
+/// Waits until the channel has nothing left to deliver or in flight.
+async fn wait_drained(nsqd: &Nsqd, topic: &str, channel: &str) {
+    wait_until("channel drained", Duration::from_secs(10), || async {
+        let c = nsqd.channel_stats(topic, channel).await.unwrap();
+        c["depth"] == 0 && c["in_flight_count"] == 0 && c["deferred_count"] == 0
+    })
+    .await;
+}
+
+async fn spawn_logger(
+    config: Config,
+) -> (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let app = Application::build(config).await.unwrap();
+    let base = format!("http://{}", app.http_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    (base, stop, run)
+}
+
+#[tokio::test]
+async fn writes_each_result_once() {
+    init_logs();
+    let nsqd = Nsqd::start().await;
+    nsqd.create_channel("results", "logger").await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("results.jsonl");
+    const N: u64 = 500;
+
+    let producer =
+        nsq::Producer::connect(&nsqd.tcp_address(), nsq::ProducerConfig::default()).unwrap();
+    let mut bodies: Vec<Bytes> = (1..=N)
+        .map(|seq| body(seq, if seq % 2 == 0 { "w-even" } else { "w-odd" }))
+        .collect();
+    bodies.push(body(7, "w-odd")); // a redelivery, as after a worker crash
+    bodies.push(body(7, "w-other")); // the same reading computed twice
+    producer.multi_publish("results", bodies).await.unwrap();
+    producer
+        .publish("results", &b"\x92not a result"[..])
+        .await
+        .unwrap();
+
+    let (base, stop, run) = spawn_logger(config(&nsqd, &out)).await;
+    wait_until("N lines", Duration::from_secs(10), || async {
+        lines(&out).len() as u64 >= N
+    })
+    .await;
+    wait_drained(&nsqd, "results", "logger").await;
+
+    let written = lines(&out);
+    assert_eq!(written.len() as u64, N, "each result once");
+    let by_seq: BTreeMap<u64, &LogLine> = written.iter().map(|l| (l.seq, l)).collect();
+    assert_eq!(by_seq.len() as u64, N);
+    let l = by_seq[&3];
+    assert_eq!((l.sensor_id.as_str(), l.epoch, l.seq), ("s1", 5, 3));
+    assert_eq!(
+        (l.values.clone(), l.squares.clone()),
+        (vec![3, 2], vec![9, 4])
+    );
+    assert_eq!(
+        (l.worker_id.as_str(), l.taken_at, l.computed_at),
+        ("w-odd", 1003, 2003)
+    );
+    assert!(l.stale);
+    assert!(l.written_at > l.computed_at);
+    let c = nsqd.channel_stats("results", "logger").await.unwrap();
+    assert_eq!(c["requeue_count"], 0, "{c}");
+
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "nsq_suite_duplicates_suppressed_total{",
+        "nsq_suite_decode_errors_total{",
+        "nsq_suite_end_to_end_latency_seconds_bucket{",
+        "nsq_suite_lines_written_total{",
+        "service=\"logger\"",
+        "id=\"test-logger\"",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "{needle} missing from:\n{metrics}"
+        );
+    }
+    let duplicates = metrics
+        .lines()
+        .find(|l| l.starts_with("nsq_suite_duplicates_suppressed_total{"))
+        .unwrap();
+    // The recorder is shared by the tests of this binary running in parallel: at least the
+    // two duplicates of this test.
+    let count: u64 = duplicates.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(count >= 2, "{duplicates}");
+
+    let workers: serde_json::Value = reqwest::get(format!("{base}/workers"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(workers["count"], N, "{workers}");
+    let ids: Vec<&str> = workers["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["worker_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["w-even", "w-odd"]);
+    assert_eq!(
+        reqwest::get(format!("{base}/ready"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    stop.send(()).unwrap();
+    run.await.unwrap().unwrap();
+    producer.close().await;
+}
+
+#[tokio::test]
+async fn rebuilds_its_state_from_the_output_after_a_crash() {
+    init_logs();
+    let nsqd = Nsqd::start().await;
+    nsqd.create_channel("results", "logger").await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("results.jsonl");
+
+    // What a logger killed in the middle of a write leaves: two complete lines and the
+    // beginning of a third, whose message was never finished.
+    let mut text = Vec::new();
+    for seq in [1, 2] {
+        LogLine::new(result(seq, "w"), 9)
+            .write_to(&mut text)
+            .unwrap();
+    }
+    let mut third = Vec::new();
+    LogLine::new(result(3, "w"), 9)
+        .write_to(&mut third)
+        .unwrap();
+    text.extend_from_slice(&third[..third.len() / 2]);
+    std::fs::write(&out, &text).unwrap();
+
+    let app = Application::build(config(&nsqd, &out)).await.unwrap();
+    assert_eq!(app.seen().len(), 2, "seqs 1 and 2 are known");
+    drop(app);
+
+    // The unfinished messages are delivered again: 1 and 2 (written), 3 (cut off), and 4.
+    let producer =
+        nsq::Producer::connect(&nsqd.tcp_address(), nsq::ProducerConfig::default()).unwrap();
+    let bodies = (1..=4).map(|seq| body(seq, "w")).collect();
+    producer.multi_publish("results", bodies).await.unwrap();
+
+    let (_base, stop, run) = spawn_logger(config(&nsqd, &out)).await;
+    wait_until("4 lines", Duration::from_secs(10), || async {
+        lines(&out).len() >= 4
+    })
+    .await;
+    wait_drained(&nsqd, "results", "logger").await;
+    stop.send(()).unwrap();
+    run.await.unwrap().unwrap();
+
+    let written = lines(&out);
+    let seqs: Vec<u64> = written.iter().map(|l| l.seq).collect();
+    assert_eq!(seqs, [1, 2, 3, 4], "each once, in a file of complete lines");
+    assert!(std::fs::read_to_string(&out).unwrap().ends_with('\n'));
+    producer.close().await;
+}
+
+#[tokio::test]
+async fn a_foreign_output_file_is_refused() {
+    init_logs();
+    let nsqd = Nsqd::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("notes.txt");
+    std::fs::write(&out, "dear diary\n").unwrap();
+    let err = Application::build(config(&nsqd, &out)).await.unwrap_err();
+    let text = format!("{err:#}");
+    assert!(text.contains("line 1 is not a result line"), "{text}");
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "dear diary\n",
+        "left alone"
+    );
+}
+
+// ---- the binary's command line ----
+
+fn logger_bin(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn print_config_shows_flags_over_env_over_file_over_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("logger.toml");
+    std::fs::write(
+        &file,
+        "max_in_flight = 10\nchannel = \"from_file\"\nfsync = true\n\
+         output = \"/file/out.jsonl\"\nlookupd_http_address = [\"file:4161\"]\n",
+    )
+    .unwrap();
+    let out = logger_bin(
+        &[
+            "--config",
+            file.to_str().unwrap(),
+            "--output",
+            "/flag/out.jsonl",
+            "--print-config",
+        ],
+        &[
+            ("LOGGER_CHANNEL", "from_env"),
+            ("LOGGER_FSYNC", "false"),
+            ("LOGGER_LOOKUPD_HTTP_ADDRESS", "e1:4161,e2:4161"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: toml::Table = String::from_utf8(out.stdout).unwrap().parse().unwrap();
+    assert_eq!(printed["output"].as_str(), Some("/flag/out.jsonl"), "flag");
+    assert_eq!(
+        printed["channel"].as_str(),
+        Some("from_env"),
+        "env over file"
+    );
+    assert_eq!(printed["fsync"].as_bool(), Some(false), "env over file");
+    assert_eq!(
+        printed["max_in_flight"].as_integer(),
+        Some(10),
+        "file over default"
+    );
+    let lookupd: Vec<&str> = printed["lookupd_http_address"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(lookupd, ["e1:4161", "e2:4161"], "env list over file");
+    assert_eq!(printed["topic"].as_str(), Some("results"), "default");
+    assert_eq!(
+        printed["http_address"].as_str(),
+        Some("127.0.0.1:4192"),
+        "default"
+    );
+}
+
+#[test]
+fn bad_configuration_exits_2_with_a_clear_message() {
+    let out = logger_bin(&[], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("at least one nsqlookupd or nsqd"),
+        "{stderr}"
+    );
+
+    let out = logger_bin(&["--lookupd-http-address", "ftp://x:1"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("`--lookupd-http-address` 'ftp://x:1'"),
+        "{stderr}"
+    );
+
+    let out = logger_bin(&["--fsync=maybe"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn help_documents_flags_and_env_vars() {
+    let out = logger_bin(&["--help"], &[]);
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for needle in [
+        "--output <PATH>",
+        "[env: LOGGER_OUTPUT]",
+        "--fsync",
+        "healthcheck",
+    ] {
+        assert!(help.contains(needle), "{needle} missing from:\n{help}");
+    }
+}
+
+#[test]
+fn healthcheck_fails_when_nothing_listens() {
+    let port = free_port();
+    let out = logger_bin(
+        &[
+            "healthcheck",
+            "--http-address",
+            &format!("127.0.0.1:{port}"),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+}
