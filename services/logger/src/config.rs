@@ -24,6 +24,7 @@ pub const LIST_KEYS: &[&str] = &["lookupd_http_address", "nsqd_tcp_address"];
 /// Default `--http-address`.
 pub const DEFAULT_HTTP_ADDRESS: &str = "127.0.0.1:4192";
 
+/// Text after the flags in `--help`: the layering and the de-duplication promise.
 const AFTER_HELP: &str = "\
 Every flag can also be set with the environment variable shown next to it (lists
 comma-separated), or as a key of the TOML file given with --config (the flag's name with '_'

@@ -4,7 +4,7 @@
 //!
 //! The logger consumes `--topic` (default `results`) on `--channel` (default `logger`) from
 //! every nsqd it is given or finds through nsqlookupd, and appends one JSON object per result
-//! to `--output` (or stdout): see [`line`] for the format. It writes in batches (whatever has
+//! to `--output` (or stdout): see [`line`](mod@line) for the format. It writes in batches (whatever has
 //! arrived, up to `--max-in-flight`), flushes each batch (and `fsync`s it with `--fsync`), and
 //! only then finishes the batch's messages: a crash before that gets them delivered again.
 //!
@@ -29,7 +29,7 @@
 //! * [`startup`]: [`Application::build`] and [`Application::run_until_stopped`];
 //! * [`sink`]: what happens to a batch of messages;
 //! * [`output`]: the output file, its rebuild and its failure handling;
-//! * [`line`], [`seen`], [`workers`]: the line format, the de-duplication set and the
+//! * [`line`](mod@line), [`seen`], [`workers`]: the line format, the de-duplication set and the
 //!   per-worker window, free of I/O;
 //! * [`metrics`]: the names of the Prometheus metrics.
 //!

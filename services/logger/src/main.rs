@@ -10,6 +10,7 @@ fn main() -> ExitCode {
     suite_common::exit::finish(run(cli))
 }
 
+/// Loads the configuration, then prints it, probes, or runs the service until a signal.
 fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.load_config()?;
     if cli.common.print_config {

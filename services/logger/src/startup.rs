@@ -339,6 +339,7 @@ fn take_batch(first: Message, messages: &mut nsq::Messages, max: usize) -> Vec<M
     batch
 }
 
+/// `GET /workers`: the per-worker window at this second.
 async fn workers_route(State(state): State<WorkersState>) -> Json<Snapshot> {
     let now = state.started.elapsed().as_secs();
     let snapshot = match state.workers.lock() {

@@ -110,6 +110,7 @@ impl WorkerWindow {
         }
     }
 
+    /// Drops the buckets that left the window at second `now`.
     fn expire(buckets: &mut VecDeque<(u64, u64)>, now: u64) {
         while buckets
             .front()

@@ -28,6 +28,7 @@ pub const DEFAULT_HTTP_ADDRESS: &str = "127.0.0.1:4190";
 /// Largest `--values`: keeps one reading far below nsqd's default 1 MiB message limit.
 pub const MAX_VALUES: u32 = 10_000;
 
+/// Text after the flags in `--help`: how settings are layered.
 const AFTER_HELP: &str = "\
 Every flag can also be set with the environment variable shown next to it, or as a key of the
 TOML file given with --config (the flag's name with '_' for '-', e.g. status_interval = \"1s\").

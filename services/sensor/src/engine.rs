@@ -393,6 +393,7 @@ impl Engine {
         }
     }
 
+    /// Sets the outbox and in-flight gauges.
     fn update_gauges(&self) {
         metrics::gauge!(m::OUTBOX_READINGS).set(self.outbox.len() as f64);
         metrics::gauge!(m::PUBLISH_IN_FLIGHT).set(self.in_flight as f64);

@@ -91,6 +91,7 @@ pub struct QueryError {
 }
 
 impl QueryError {
+    /// A 400 with this message.
     fn bad(message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
@@ -164,6 +165,7 @@ pub fn parse_query(
     Ok((from, to))
 }
 
+/// `GET /readings`.
 async fn readings(
     State(state): State<ReadingsState>,
     Query(params): Query<HashMap<String, String>>,

@@ -4,7 +4,7 @@
 //! `build` validates the configuration (a usage error, exit code 2, when it is bad), installs
 //! the metrics recorder, starts the nsqd producer (which connects, and reconnects, in the
 //! background: an unreachable nsqd is logged and retried, never fatal) and binds the HTTP
-//! port. `run_until_stopped` serves HTTP and runs the [`Engine`] until `--count` is reached or
+//! port. `run_until_stopped` serves HTTP and runs the engine (`crate::engine`) until `--count` is reached or
 //! the shutdown future resolves, and returns the run's [`Report`].
 
 use std::{

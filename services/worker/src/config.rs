@@ -24,6 +24,7 @@ pub const LIST_KEYS: &[&str] = &["lookupd_http_address", "nsqd_tcp_address"];
 /// Default `--http-address`.
 pub const DEFAULT_HTTP_ADDRESS: &str = "127.0.0.1:4191";
 
+/// Text after the flags in `--help`: the layering and the staleness policies.
 const AFTER_HELP: &str = "\
 Every flag can also be set with the environment variable shown next to it (lists
 comma-separated), or as a key of the TOML file given with --config (the flag's name with '_'
@@ -117,7 +118,7 @@ pub struct Flags {
     #[arg(long, value_name = "MS")]
     pub work_ms: Option<u64>,
 
-    /// Name of this worker in the results and in nsqadmin [default: <host name>-<pid>]
+    /// Name of this worker in the results and in nsqadmin [default: HOSTNAME-PID]
     #[arg(long, value_name = "ID")]
     pub worker_id: Option<String>,
 
@@ -125,7 +126,7 @@ pub struct Flags {
     #[arg(long, value_name = "N")]
     pub max_attempts: Option<u16>,
 
-    /// Topic of the messages given up on [default: <topic>.dead]
+    /// Topic of the messages given up on [default: TOPIC.dead]
     #[arg(long, value_name = "TOPIC")]
     pub dead_letter_topic: Option<String>,
 

@@ -99,6 +99,7 @@ impl Handler {
         outcome
     }
 
+    /// Takes the message to its outcome (see the table in the module documentation).
     async fn process(&self, msg: Message) -> Outcome {
         let s = &*self.settings;
         if msg.over_max_attempts() {
@@ -260,6 +261,7 @@ impl Handler {
         }
     }
 
+    /// Counts a failed publish to `topic` (`kind`: `transient` or `permanent`).
     fn publish_failed(&self, topic: &str, kind: &'static str) {
         metrics::counter!(m::PUBLISH_FAILURES, "topic" => topic.to_owned(), "kind" => kind)
             .increment(1);
