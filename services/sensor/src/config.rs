@@ -100,7 +100,7 @@ pub struct Flags {
     #[arg(long, value_name = "DURATION")]
     pub status_interval: Option<String>,
 
-    /// How long a stopping sensor tries to publish what is still in its outbox [default: 10s]
+    /// How long a stopping sensor tries to publish what is still in its outbox [default: 5s]
     #[arg(long, value_name = "DURATION")]
     pub flush_timeout: Option<String>,
 }
@@ -129,7 +129,7 @@ pub struct Config {
     pub history: usize,
     /// Period of the status announcements (a duration such as `1s`).
     pub status_interval: String,
-    /// Bounded wait for the outbox to drain at shutdown (a duration such as `10s`).
+    /// Bounded wait for the outbox to drain at shutdown (a duration such as `5s`).
     pub flush_timeout: String,
     /// Address of the HTTP port (`/health`, `/ready`, `/metrics`, `/readings`).
     pub http_address: String,
@@ -152,7 +152,7 @@ impl Default for Config {
             outbox_size: 100_000,
             history: 100_000,
             status_interval: "1s".to_owned(),
-            flush_timeout: "10s".to_owned(),
+            flush_timeout: "5s".to_owned(),
             http_address: DEFAULT_HTTP_ADDRESS.to_owned(),
             log_format: LogFormat::Text,
             log_level: "info".to_owned(),
