@@ -1,6 +1,6 @@
 //! Settings for connections, producers and consumers, with defaults that are fast and safe.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -159,13 +159,13 @@ impl TlsSettings {
 
     /// Same as [`TlsSettings::new`] from owned paths, for configuration structs.
     pub fn from_paths(
-        ca_file: &PathBuf,
-        cert: Option<&PathBuf>,
-        key: Option<&PathBuf>,
+        ca_file: &Path,
+        cert: Option<&Path>,
+        key: Option<&Path>,
         server_name: Option<String>,
     ) -> Result<Self, ConfigError> {
         let client = match (cert, key) {
-            (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+            (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
             _ => {
                 return Err(ConfigError::Tls(
