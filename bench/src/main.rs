@@ -1,0 +1,552 @@
+//! # bench — how far the suite goes on one machine, against NSQ's own Go tools
+//!
+//! ```text
+//! scripts/bench.sh                 # builds in release mode, runs the default set (< 3 min)
+//! target/release/bench --help
+//! ```
+//!
+//! Modes, all against a fresh nsqd v1.3.0 (default settings) on loopback:
+//! - `pipeline`: the real binaries (sensor `--rate 0 --count N` → W workers → logger writing
+//!   its file), W = 1, 2, 4, readings of about 200 bytes. Throughput from the first reading
+//!   taken to the last result written, read from the logger's own output.
+//! - `reference`: the same two-hop shape with NSQ's Go tools: `bench_writer` → `sensor_data` →
+//!   `nsq_to_nsq` (max-in-flight 2,500) → `results` → `bench_reader`, all at once.
+//! - `raw`: `bench_writer` + `bench_reader` on one topic at once: the one-hop ceiling.
+//! - `latency`: the sensor at fixed rates with 2 workers; taken_at → written, HDR histogram.
+//! - `memory`: peak RSS (VmHWM) of each service during the 5,000/s latency run.
+//!
+//! Output: a table on stdout, `results.json` and two PNG plots in `--out`. Figures only; this
+//! program never fails on a timing.
+
+mod plot;
+mod procs;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use nsq::testkit::Nsqd;
+use procs::{go_bench, suite_bin, wait_lines, Proc};
+use serde::Serialize;
+
+/// Command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "bench",
+    about = "Benchmarks the suite against NSQ's own Go tools"
+)]
+struct Cli {
+    /// Modes to run, comma-separated: pipeline, reference, raw, latency, memory
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "pipeline,reference,raw,latency,memory"
+    )]
+    modes: Vec<String>,
+    /// Readings per pipeline run
+    #[arg(long, default_value_t = 200_000)]
+    count: u64,
+    /// Worker counts for the pipeline mode
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    workers: Vec<usize>,
+    /// Seconds for each run of the Go tools
+    #[arg(long, default_value_t = 5)]
+    go_seconds: u64,
+    /// Readings per second for the latency mode
+    #[arg(long, value_delimiter = ',', default_value = "100,1000,5000,20000")]
+    rates: Vec<u64>,
+    /// Seconds per latency rate
+    #[arg(long, default_value_t = 6)]
+    latency_seconds: u64,
+    /// Longer runs: 1,000,000 readings per pipeline run, 20 s per rate and per Go run
+    #[arg(long)]
+    long: bool,
+    /// Where results.json and the plots go
+    #[arg(long, default_value = "bench-out")]
+    out: PathBuf,
+}
+
+/// Every figure of one run.
+#[derive(Debug, Default, Serialize)]
+struct Results {
+    cores: usize,
+    message_bytes: usize,
+    pipeline: Vec<PipelineRun>,
+    reference_msgs_per_sec: Option<f64>,
+    raw: Option<RawRun>,
+    latency: Vec<LatencyRun>,
+    memory_peak_rss_bytes: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct PipelineRun {
+    workers: usize,
+    readings: u64,
+    seconds: f64,
+    msgs_per_sec: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct RawRun {
+    writer_msgs_per_sec: f64,
+    reader_msgs_per_sec: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct LatencyRun {
+    rate: u64,
+    samples: u64,
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    /// (quantile, ms) points for the plot.
+    distribution: Vec<(f64, f64)>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut cli = Cli::parse();
+    if cli.long {
+        cli.count = 1_000_000;
+        cli.go_seconds = 20;
+        cli.latency_seconds = 20;
+    }
+    for m in &cli.modes {
+        if !["pipeline", "reference", "raw", "latency", "memory"].contains(&m.as_str()) {
+            anyhow::bail!("unknown mode {m:?}: use pipeline, reference, raw, latency, memory");
+        }
+    }
+    std::fs::create_dir_all(&cli.out)
+        .with_context(|| format!("cannot create {}", cli.out.display()))?;
+    let values = values_for_200_bytes();
+    let mut results = Results {
+        cores: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        message_bytes: reading_size(values),
+        ..Default::default()
+    };
+    let has = |m: &str| cli.modes.iter().any(|x| x == m);
+    let steps = if has("pipeline") {
+        cli.workers.len()
+    } else {
+        0
+    } + usize::from(has("reference"))
+        + usize::from(has("raw"))
+        + if has("latency") || has("memory") {
+            cli.rates.len()
+        } else {
+            0
+        };
+    let bar = ProgressBar::new(steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")?
+            .progress_chars("=> "),
+    );
+    let logs = tempfile::tempdir()?;
+
+    if has("pipeline") {
+        for &w in &cli.workers {
+            bar.set_message(format!("pipeline, {w} worker(s), {} readings", cli.count));
+            let run = pipeline(w, cli.count, values, logs.path()).await?;
+            bar.println(format!(
+                "pipeline W={w}: {:.0} msg/s ({} readings in {:.2} s)",
+                run.msgs_per_sec, run.readings, run.seconds
+            ));
+            results.pipeline.push(run);
+            bar.inc(1);
+        }
+    }
+    if has("reference") {
+        bar.set_message("reference: bench_writer → nsq_to_nsq → bench_reader");
+        let r = reference(cli.go_seconds, logs.path()).await?;
+        bar.println(format!("reference 2-hop: {r:.0} msg/s"));
+        results.reference_msgs_per_sec = Some(r);
+        bar.inc(1);
+    }
+    if has("raw") {
+        bar.set_message("raw: bench_writer + bench_reader");
+        let r = raw(cli.go_seconds).await?;
+        bar.println(format!(
+            "raw 1-hop: writer {:.0} msg/s, reader {:.0} msg/s",
+            r.writer_msgs_per_sec, r.reader_msgs_per_sec
+        ));
+        results.raw = Some(r);
+        bar.inc(1);
+    }
+    if has("latency") || has("memory") {
+        let (runs, memory) =
+            latency(&cli.rates, cli.latency_seconds, values, logs.path(), &bar).await?;
+        results.latency = runs;
+        results.memory_peak_rss_bytes = memory;
+    }
+    bar.finish_with_message("done");
+
+    print_table(&results);
+    let json = cli.out.join("results.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&results)?)?;
+    plot::throughput(&cli.out.join("throughput.png"), &results)?;
+    plot::latency(&cli.out.join("latency.png"), &results)?;
+    println!(
+        "\nwrote {}, {}, {}",
+        json.display(),
+        cli.out.join("throughput.png").display(),
+        cli.out.join("latency.png").display()
+    );
+    Ok(())
+}
+
+/// How many values make an encoded reading about 200 bytes, like the Go tools' messages.
+fn values_for_200_bytes() -> u32 {
+    (1..200).find(|v| reading_size(*v) >= 200).unwrap_or(40)
+}
+
+fn reading_size(values: u32) -> usize {
+    messages::SensorReading {
+        schema: messages::SCHEMA_VERSION,
+        sensor_id: "bench".into(),
+        epoch: 1_700_000_000_000,
+        seq: 100_000,
+        taken_at: 1_700_000_000_000_000_000,
+        values: vec![u32::MAX / 2; values as usize],
+    }
+    .encode()
+    .map(|b| b.len())
+    .unwrap_or(0)
+}
+
+/// Starts the logger and `workers` workers against `nsqd`, returning them and the output file.
+fn start_services(
+    nsqd: &Nsqd,
+    workers: usize,
+    dir: &Path,
+    tag: &str,
+) -> anyhow::Result<(Vec<Proc>, PathBuf)> {
+    let output = dir.join(format!("{tag}-results.jsonl"));
+    let mut procs = Vec::new();
+    procs.push(Proc::spawn(
+        "logger",
+        &suite_bin("logger")?,
+        &[
+            format!("--nsqd-tcp-address={}", nsqd.tcp_address()),
+            format!("--output={}", output.display()),
+            "--http-address=127.0.0.1:0".into(),
+        ],
+        &dir.join(format!("{tag}-logger.log")),
+    )?);
+    for i in 0..workers {
+        procs.push(Proc::spawn(
+            &format!("worker-{i}"),
+            &suite_bin("worker")?,
+            &[
+                format!("--nsqd-tcp-address={}", nsqd.tcp_address()),
+                format!("--destination-nsqd-tcp-address={}", nsqd.tcp_address()),
+                format!("--worker-id=bench-w{i}"),
+                "--http-address=127.0.0.1:0".into(),
+            ],
+            &dir.join(format!("{tag}-worker-{i}.log")),
+        )?);
+    }
+    Ok((procs, output))
+}
+
+/// The pipeline with `workers` workers: `count` readings at full speed.
+async fn pipeline(
+    workers: usize,
+    count: u64,
+    values: u32,
+    dir: &Path,
+) -> anyhow::Result<PipelineRun> {
+    let nsqd = Nsqd::start().await;
+    nsqd.create_channel("sensor_data", "worker").await;
+    nsqd.create_channel("results", "logger").await;
+    let tag = format!("pipeline-w{workers}");
+    let (mut procs, output) = start_services(&nsqd, workers, dir, &tag)?;
+    let mut sensor = Proc::spawn(
+        "sensor",
+        &suite_bin("sensor")?,
+        &[
+            format!("--nsqd-tcp-address={}", nsqd.tcp_address()),
+            "--sensor-id=bench".into(),
+            "--rate=0".into(),
+            format!("--count={count}"),
+            format!("--values={values}"),
+            "--http-address=127.0.0.1:0".into(),
+        ],
+        &dir.join(format!("{tag}-sensor.log")),
+    )?;
+    let budget = Duration::from_secs(60 + count / 5_000);
+    sensor.wait_success(budget).await?;
+    wait_lines(&output, count as usize, budget).await?;
+    let (first_taken, last_written) = span(&output)?;
+    for p in procs.iter_mut() {
+        p.terminate().await;
+    }
+    let seconds = (last_written.saturating_sub(first_taken)) as f64 / 1e9;
+    Ok(PipelineRun {
+        workers,
+        readings: count,
+        seconds,
+        msgs_per_sec: count as f64 / seconds,
+    })
+}
+
+#[derive(serde::Deserialize)]
+struct Line {
+    taken_at: u64,
+    written_at: u64,
+    #[serde(default)]
+    sensor_id: String,
+    #[serde(default)]
+    seq: u64,
+}
+
+fn lines(path: &Path) -> anyhow::Result<Vec<Line>> {
+    let text = std::fs::read_to_string(path)?;
+    text.lines()
+        .map(|l| serde_json::from_str(l).with_context(|| format!("bad logger line: {l}")))
+        .collect()
+}
+
+/// (first taken_at, last written_at) over the logger's output, unix ns.
+fn span(path: &Path) -> anyhow::Result<(u64, u64)> {
+    let all = lines(path)?;
+    let first = all
+        .iter()
+        .map(|l| l.taken_at)
+        .min()
+        .context("empty output")?;
+    let last = all
+        .iter()
+        .map(|l| l.written_at)
+        .max()
+        .context("empty output")?;
+    Ok((first, last))
+}
+
+/// NSQ's Go tools as a two-hop pipeline.
+async fn reference(seconds: u64, dir: &Path) -> anyhow::Result<f64> {
+    let nsqd = Nsqd::start().await;
+    nsqd.create_channel("sensor_data", "relay").await;
+    nsqd.create_channel("results", "ch").await;
+    let addr = nsqd.tcp_address();
+    let _relay = Proc::spawn(
+        "nsq_to_nsq",
+        &nsq::testkit::bin("nsq_to_nsq"),
+        &[
+            format!("--nsqd-tcp-address={addr}"),
+            "--topic=sensor_data".into(),
+            "--channel=relay".into(),
+            format!("--destination-nsqd-tcp-address={addr}"),
+            "--destination-topic=results".into(),
+            "--max-in-flight=2500".into(),
+        ],
+        &dir.join("nsq_to_nsq.log"),
+    )?;
+    // Wait until the relay is subscribed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while nsqd
+        .channel_stats("sensor_data", "relay")
+        .await
+        .map(|c| c["client_count"].as_u64().unwrap_or(0))
+        .unwrap_or(0)
+        == 0
+    {
+        anyhow::ensure!(Instant::now() < deadline, "nsq_to_nsq did not subscribe");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let run = format!("--runfor={seconds}s");
+    let reader = go_bench(
+        "bench_reader",
+        vec![
+            format!("--nsqd-tcp-address={addr}"),
+            "--topic=results".into(),
+            "--channel=ch".into(),
+            run.clone(),
+            "--size=200".into(),
+        ],
+    );
+    let writer = go_bench(
+        "bench_writer",
+        vec![
+            format!("--nsqd-tcp-address={addr}"),
+            "--topic=sensor_data".into(),
+            run,
+            "--size=200".into(),
+            "--batch-size=200".into(),
+        ],
+    );
+    let (r, _w) = tokio::join!(reader, writer);
+    r
+}
+
+/// `bench_writer` and `bench_reader` at once on one topic.
+async fn raw(seconds: u64) -> anyhow::Result<RawRun> {
+    let nsqd = Nsqd::start().await;
+    nsqd.create_channel("sub_bench", "ch").await;
+    let addr = nsqd.tcp_address();
+    let run = format!("--runfor={seconds}s");
+    let reader = go_bench(
+        "bench_reader",
+        vec![
+            format!("--nsqd-tcp-address={addr}"),
+            "--topic=sub_bench".into(),
+            "--channel=ch".into(),
+            run.clone(),
+            "--size=200".into(),
+        ],
+    );
+    let writer = go_bench(
+        "bench_writer",
+        vec![
+            format!("--nsqd-tcp-address={addr}"),
+            "--topic=sub_bench".into(),
+            run,
+            "--size=200".into(),
+            "--batch-size=200".into(),
+        ],
+    );
+    let (r, w) = tokio::join!(reader, writer);
+    Ok(RawRun {
+        writer_msgs_per_sec: w?,
+        reader_msgs_per_sec: r?,
+    })
+}
+
+/// The sensor at each rate for `seconds`, 2 workers, one logger kept running.
+async fn latency(
+    rates: &[u64],
+    seconds: u64,
+    values: u32,
+    dir: &Path,
+    bar: &ProgressBar,
+) -> anyhow::Result<(Vec<LatencyRun>, BTreeMap<String, u64>)> {
+    let nsqd = Nsqd::start().await;
+    nsqd.create_channel("sensor_data", "worker").await;
+    nsqd.create_channel("results", "logger").await;
+    let (mut procs, output) = start_services(&nsqd, 2, dir, "latency")?;
+    let mut runs = Vec::new();
+    let mut memory = BTreeMap::new();
+    let mut expected = 0usize;
+    for &rate in rates {
+        bar.set_message(format!("latency at {rate} readings/s for {seconds} s"));
+        let count = rate * seconds;
+        let sensor_id = format!("rate-{rate}");
+        let mut sensor = Proc::spawn(
+            "sensor",
+            &suite_bin("sensor")?,
+            &[
+                format!("--nsqd-tcp-address={}", nsqd.tcp_address()),
+                format!("--sensor-id={sensor_id}"),
+                format!("--rate={rate}"),
+                format!("--count={count}"),
+                format!("--values={values}"),
+                "--http-address=127.0.0.1:0".into(),
+            ],
+            &dir.join(format!("latency-sensor-{rate}.log")),
+        )?;
+        sensor
+            .wait_success(Duration::from_secs(seconds * 3 + 30))
+            .await?;
+        expected += count as usize;
+        wait_lines(&output, expected, Duration::from_secs(60)).await?;
+        if rate == 5_000 {
+            memory.insert("sensor".to_string(), sensor.peak_rss()?);
+            for p in &procs {
+                memory.insert(p.name.clone(), p.peak_rss()?);
+            }
+        }
+        // The first half second warms connections up; it is left out.
+        let warmup = rate / 2;
+        let mut h = hdrhistogram::Histogram::<u64>::new(3)?;
+        for l in lines(&output)?
+            .iter()
+            .filter(|l| l.sensor_id == sensor_id && l.seq > warmup)
+        {
+            h.record(l.written_at.saturating_sub(l.taken_at).max(1))?;
+        }
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1e6;
+        let distribution = [0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999, 1.0]
+            .iter()
+            .map(|q| (*q, ms(*q)))
+            .collect();
+        let run = LatencyRun {
+            rate,
+            samples: h.len(),
+            p50_ms: ms(0.5),
+            p90_ms: ms(0.9),
+            p99_ms: ms(0.99),
+            max_ms: h.max() as f64 / 1e6,
+            distribution,
+        };
+        bar.println(format!(
+            "latency at {rate}/s: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} samples)",
+            run.p50_ms, run.p90_ms, run.p99_ms, run.max_ms, run.samples
+        ));
+        runs.push(run);
+        bar.inc(1);
+    }
+    for p in procs.iter_mut() {
+        p.terminate().await;
+    }
+    Ok((runs, memory))
+}
+
+fn print_table(r: &Results) {
+    println!();
+    println!(
+        "nsq-suite benchmark: {} cores, {}-byte readings, NSQ v1.3.0 on loopback",
+        r.cores, r.message_bytes
+    );
+    println!("{:-<72}", "");
+    let reference = r.reference_msgs_per_sec;
+    let half_raw = r.raw.as_ref().map(|x| x.reader_msgs_per_sec / 2.0);
+    println!(
+        "{:<34} {:>12} {:>11} {:>11}",
+        "setup", "msg/s", "/reference", "/(raw/2)"
+    );
+    for p in &r.pipeline {
+        let vs_ref = reference.map(|x| format!("{:.2}x", p.msgs_per_sec / x));
+        let vs_raw = half_raw.map(|x| format!("{:.0} %", 100.0 * p.msgs_per_sec / x));
+        println!(
+            "{:<34} {:>12.0} {:>11} {:>11}",
+            format!("pipeline, {} worker(s)", p.workers),
+            p.msgs_per_sec,
+            vs_ref.unwrap_or_default(),
+            vs_raw.unwrap_or_default()
+        );
+    }
+    if let Some(x) = reference {
+        println!("{:<34} {:>12.0}", "reference (Go tools, 2 hops)", x);
+    }
+    if let Some(raw) = &r.raw {
+        println!(
+            "{:<34} {:>12.0}   (writer {:.0})",
+            "raw (Go tools, 1 hop, reader)", raw.reader_msgs_per_sec, raw.writer_msgs_per_sec
+        );
+    }
+    if !r.latency.is_empty() {
+        println!("{:-<72}", "");
+        println!(
+            "{:<16} {:>9} {:>10} {:>10} {:>10} {:>10}",
+            "latency, rate/s", "samples", "p50 ms", "p90 ms", "p99 ms", "max ms"
+        );
+        for l in &r.latency {
+            println!(
+                "{:<16} {:>9} {:>10.2} {:>10.2} {:>10.2} {:>10.2}",
+                l.rate, l.samples, l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms
+            );
+        }
+    }
+    if !r.memory_peak_rss_bytes.is_empty() {
+        println!("{:-<72}", "");
+        println!("peak RSS during the 5,000/s run:");
+        for (name, bytes) in &r.memory_peak_rss_bytes {
+            println!("  {:<12} {:>8.1} MB", name, *bytes as f64 / 1e6);
+        }
+    }
+}
