@@ -10,12 +10,16 @@
 //! | result publish rejected for good | dead letter, then FIN | [`Outcome::DeadLettered`] (`publish_rejected`) |
 //! | the dead-letter publish itself failed | REQ, as above | [`Outcome::Requeued`] |
 //!
-//! Every outcome is counted, and every one but a plain success is logged.
+//! Every outcome is counted, and every one but a plain success is logged (a success at
+//! `debug`). Each message is handled inside a `message` span with its NSQ `id` and `attempt`,
+//! and, once the body is decoded, the reading's `sensor_id`, `epoch` and `seq`: every log
+//! line about a message says which reading and which delivery it is about.
 
 use std::{sync::Arc, time::Instant};
 
 use messages::SensorReading;
 use nsq::{Message, Producer};
+use tracing::{field::Empty, Instrument as _};
 
 use crate::{
     config::Settings,
@@ -80,7 +84,15 @@ impl Handler {
         metrics::counter!(m::CONSUMED, "topic" => s.topic.clone(), "channel" => s.channel.clone())
             .increment(1);
 
-        let outcome = self.process(msg).await;
+        let span = tracing::info_span!(
+            "message",
+            id = msg.id(),
+            attempt = msg.attempts(),
+            sensor_id = Empty,
+            epoch = Empty,
+            seq = Empty,
+        );
+        let outcome = self.process(msg).instrument(span).await;
 
         let labels = [("topic", s.topic.clone()), ("channel", s.channel.clone())];
         match outcome {
@@ -119,7 +131,13 @@ impl Handler {
         }
 
         let reading = match SensorReading::decode(msg.body()) {
-            Ok(reading) => reading,
+            Ok(reading) => {
+                tracing::Span::current()
+                    .record("sensor_id", reading.sensor_id.as_str())
+                    .record("epoch", reading.epoch)
+                    .record("seq", reading.seq);
+                reading
+            }
             Err(e) => {
                 metrics::counter!(m::DECODE_ERRORS, "topic" => s.topic.clone(), "channel" => s.channel.clone())
                     .increment(1);
@@ -188,10 +206,7 @@ impl Handler {
             Ok(()) => {
                 metrics::counter!(m::PUBLISHED, "topic" => s.destination_topic.clone())
                     .increment(1);
-                tracing::trace!(
-                    sensor_id = %result.sensor_id, epoch = result.epoch, seq = result.seq,
-                    "result published"
-                );
+                tracing::debug!("result published");
                 msg.finish();
                 Outcome::Finished
             }

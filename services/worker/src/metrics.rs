@@ -21,7 +21,8 @@ pub const STALE: &str = "nsq_suite_stale_readings_total";
 pub const PUBLISHED: &str = "nsq_suite_messages_published_total";
 /// Counter, labels `topic`, `kind` (`transient`, `permanent`): failed publishes.
 pub const PUBLISH_FAILURES: &str = "nsq_suite_publish_failures_total";
-/// Gauge, label `role` (`consumer`, `producer`): open nsqd connections.
+/// Gauge, labels `role` (`consumer`, `producer`), `nsqd` (its TCP address): 1 while the
+/// connection to that nsqd is open, else 0.
 pub const CONNECTIONS: &str = "nsq_suite_nsq_connections";
 /// Gauge, labels `topic`, `channel`: messages delivered and not yet finished or requeued.
 pub const IN_FLIGHT: &str = "nsq_suite_messages_in_flight";
@@ -42,7 +43,10 @@ pub fn describe() {
     describe_counter!(STALE, "Readings older than --max-age, by policy");
     describe_counter!(PUBLISHED, "Messages confirmed by nsqd, by topic");
     describe_counter!(PUBLISH_FAILURES, "Failed publishes, by topic and kind");
-    describe_gauge!(CONNECTIONS, "Open nsqd connections, by role");
+    describe_gauge!(
+        CONNECTIONS,
+        "1 while the connection to an nsqd is open, by role and nsqd"
+    );
     describe_gauge!(
         IN_FLIGHT,
         "Messages delivered and not yet finished or requeued"
@@ -52,4 +56,19 @@ pub fn describe() {
         Unit::Seconds,
         "Time from delivery to FIN or REQ, work included"
     );
+}
+
+/// Creates the counters of every outcome at zero, so that they are scraped (and `rate()`
+/// works) before the first message of each kind.
+pub fn register(topic: &str, channel: &str, destination_topic: &str) {
+    let labels = [("topic", topic.to_owned()), ("channel", channel.to_owned())];
+    for name in [CONSUMED, FINISHED, REQUEUED, DECODE_ERRORS] {
+        metrics::counter!(name, &labels).increment(0);
+    }
+    for reason in ["decode", "max_attempts", "publish_rejected"] {
+        let mut labels = labels.to_vec();
+        labels.push(("reason", reason.to_owned()));
+        metrics::counter!(DEAD_LETTERED, &labels).increment(0);
+    }
+    metrics::counter!(PUBLISHED, "topic" => destination_topic.to_owned()).increment(0);
 }

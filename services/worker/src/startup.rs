@@ -8,10 +8,10 @@
 //! resolves it closes the consumer (CLS) while still handling what arrives, waits until every
 //! message is finished or requeued, then closes the producer.
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::BTreeSet, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use nsq::{ConnectionConfig, Consumer, ConsumerConfig, Producer, ProducerConfig};
+use nsq::{ConnectionConfig, Consumer, ConsumerConfig, ConsumerStats, Producer, ProducerConfig};
 use suite_common::{
     http::{self, BaseState, HttpServer, Readiness},
     shutdown::CancellationToken,
@@ -71,6 +71,11 @@ impl Application {
         );
         let metrics = http::install_metrics(SERVICE, &settings.worker_id)?;
         m::describe();
+        m::register(
+            &settings.topic,
+            &settings.channel,
+            &settings.destination_topic,
+        );
         let producer = Producer::connect(
             &settings.destination_nsqd_tcp_address,
             ProducerConfig {
@@ -226,22 +231,23 @@ fn connection_config(worker_id: &str) -> ConnectionConfig {
 async fn sample(consumer: Consumer, producer: Producer, readiness: Readiness, s: Arc<Settings>) {
     let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut known = BTreeSet::new();
     loop {
         tick.tick().await;
         let stats = consumer.stats();
         let connections = stats.connections();
         let producer_up = producer.is_connected();
-        metrics::gauge!(m::CONNECTIONS, "role" => "consumer").set(connections as f64);
-        metrics::gauge!(m::CONNECTIONS, "role" => "producer").set(if producer_up {
-            1.0
-        } else {
-            0.0
-        });
+        set_connection_gauges(&stats, &mut known);
+        metrics::gauge!(
+            m::CONNECTIONS,
+            "role" => "producer", "nsqd" => s.destination_nsqd_tcp_address.clone()
+        )
+        .set(if producer_up { 1.0 } else { 0.0 });
         metrics::gauge!(m::IN_FLIGHT, "topic" => s.topic.clone(), "channel" => s.channel.clone())
             .set(f64::from(stats.in_flight()));
         if connections == 0 {
             readiness.set_not_ready(format!(
-                "not consuming {}/{} from any nsqd yet",
+                "not consuming {}/{} from any nsqd",
                 s.topic, s.channel
             ));
         } else if !producer_up {
@@ -253,6 +259,21 @@ async fn sample(consumer: Consumer, producer: Producer, readiness: Readiness, s:
             readiness.set_ready();
         }
     }
+}
+
+/// Sets the consumer's connection gauge of every nsqd in `stats` (1 connected, 0 not), and 0
+/// for the nsqd in `known` that the consumer no longer uses (e.g. gone from nsqlookupd).
+fn set_connection_gauges(stats: &ConsumerStats, known: &mut BTreeSet<String>) {
+    let mut current = BTreeSet::new();
+    for node in &stats.nodes {
+        metrics::gauge!(m::CONNECTIONS, "role" => "consumer", "nsqd" => node.addr.clone())
+            .set(if node.connected { 1.0 } else { 0.0 });
+        current.insert(node.addr.clone());
+    }
+    for gone in known.difference(&current) {
+        metrics::gauge!(m::CONNECTIONS, "role" => "consumer", "nsqd" => gone.clone()).set(0.0);
+    }
+    known.extend(current);
 }
 
 /// A multi-line TOML text as one log-friendly line.
