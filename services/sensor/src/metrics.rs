@@ -20,7 +20,8 @@ pub const PUBLISH_IN_FLIGHT: &str = "nsq_suite_publish_in_flight";
 pub const HISTORY_READINGS: &str = "nsq_suite_history_readings";
 /// Gauge: seq of the newest reading taken in the current epoch.
 pub const LAST_SEQ: &str = "nsq_suite_last_seq";
-/// Gauge, label `role` (`producer`): open nsqd connections.
+/// Gauge, labels `role` (`producer`), `nsqd` (its TCP address): 1 while the connection is
+/// open, else 0.
 pub const CONNECTIONS: &str = "nsq_suite_nsq_connections";
 /// Counter: `GET /readings` requests answered with readings.
 pub const READINGS_SERVED: &str = "nsq_suite_readings_served_total";
@@ -48,6 +49,21 @@ pub fn describe() {
     );
     describe_gauge!(HISTORY_READINGS, "Readings held in the replay history");
     describe_gauge!(LAST_SEQ, "Seq of the newest reading taken in this epoch");
-    describe_gauge!(CONNECTIONS, "Open nsqd connections, by role");
+    describe_gauge!(
+        CONNECTIONS,
+        "1 while the connection to an nsqd is open, by role and nsqd"
+    );
     describe_counter!(READINGS_SERVED, "Readings returned by GET /readings");
+}
+
+/// Creates the counters at zero, so that they are scraped (and `rate()` works) before the
+/// first event of each kind.
+pub fn register(topic: &str, status_topic: &str) {
+    metrics::counter!(READINGS_TAKEN).increment(0);
+    metrics::counter!(OUTBOX_DROPPED).increment(0);
+    for topic in [topic, status_topic] {
+        metrics::counter!(PUBLISHED, "topic" => topic.to_owned()).increment(0);
+    }
+    metrics::gauge!(OUTBOX_READINGS).set(0.0);
+    metrics::gauge!(PUBLISH_IN_FLIGHT).set(0.0);
 }

@@ -74,6 +74,7 @@ impl Application {
         );
         let metrics = http::install_metrics(SERVICE, &settings.sensor_id)?;
         m::describe();
+        m::register(&settings.topic, &settings.status_topic);
 
         let epoch = unix_millis();
         let producer = Producer::connect(
@@ -206,11 +207,8 @@ async fn track_producer(
     loop {
         let current = state.borrow_and_update().clone();
         let connected = current == ConnectionState::Connected;
-        metrics::gauge!(m::CONNECTIONS, "role" => "producer").set(if connected {
-            1.0
-        } else {
-            0.0
-        });
+        metrics::gauge!(m::CONNECTIONS, "role" => "producer", "nsqd" => addr.clone())
+            .set(if connected { 1.0 } else { 0.0 });
         match current {
             ConnectionState::Connected => readiness.set_ready(),
             ConnectionState::Connecting => {
