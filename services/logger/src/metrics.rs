@@ -18,7 +18,8 @@ pub const DUPLICATES: &str = "nsq_suite_duplicates_suppressed_total";
 pub const LINES_WRITTEN: &str = "nsq_suite_lines_written_total";
 /// Counter: batches that could not be written.
 pub const WRITE_ERRORS: &str = "nsq_suite_write_errors_total";
-/// Gauge, label `role` (`consumer`): open nsqd connections.
+/// Gauge, labels `role` (`consumer`), `nsqd` (its TCP address): 1 while the connection to
+/// that nsqd is open, else 0.
 pub const CONNECTIONS: &str = "nsq_suite_nsq_connections";
 /// Gauge, labels `topic`, `channel`: messages delivered and not yet finished or requeued.
 pub const IN_FLIGHT: &str = "nsq_suite_messages_in_flight";
@@ -42,7 +43,10 @@ pub fn describe() {
     );
     describe_counter!(LINES_WRITTEN, "Lines appended to the output");
     describe_counter!(WRITE_ERRORS, "Batches that could not be written");
-    describe_gauge!(CONNECTIONS, "Open nsqd connections, by role");
+    describe_gauge!(
+        CONNECTIONS,
+        "1 while the connection to an nsqd is open, by role and nsqd"
+    );
     describe_gauge!(
         IN_FLIGHT,
         "Messages delivered and not yet finished or requeued"
@@ -54,4 +58,16 @@ pub fn describe() {
         "From the reading being taken to its line being written"
     );
     describe_counter!(WRITE_BATCHES, "Batches appended to the output");
+}
+
+/// Creates the counters at zero, so that they are scraped (and `rate()` works) before the
+/// first event of each kind.
+pub fn register(topic: &str, channel: &str) {
+    let labels = [("topic", topic.to_owned()), ("channel", channel.to_owned())];
+    for name in [CONSUMED, FINISHED, REQUEUED, DECODE_ERRORS, DUPLICATES] {
+        metrics::counter!(name, &labels).increment(0);
+    }
+    for name in [LINES_WRITTEN, WRITE_ERRORS, WRITE_BATCHES] {
+        metrics::counter!(name).increment(0);
+    }
 }

@@ -14,6 +14,10 @@
 //! [`Output::write_batch`]): its messages are requeued, `/ready` reports the output as not
 //! writable, and the consumer backs off. If the output may hold part of the batch and cannot
 //! be cut back, [`Sink::handle_batch`] returns an error and the logger stops.
+//!
+//! Each message is handled inside a `message` span with its NSQ `id` and `attempt` and, once
+//! decoded, the result's `sensor_id`, `epoch` and `seq`; a written result is logged at
+//! `debug` in its span with its end-to-end latency.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -27,6 +31,7 @@ use std::{
 use anyhow::Context as _;
 use messages::WorkResult;
 use nsq::Message;
+use tracing::field::Empty;
 
 use crate::{
     config::Settings,
@@ -67,6 +72,8 @@ struct Fresh {
     taken_at: u64,
     /// Which worker computed it (for the per-worker counts).
     worker_id: String,
+    /// Its `message` span, for the log line once it is written.
+    span: tracing::Span,
 }
 
 impl Sink {
@@ -112,6 +119,15 @@ impl Sink {
         let mut finished_now = 0u64;
         let mut duplicates = 0u64;
         for msg in batch {
+            let span = tracing::info_span!(
+                "message",
+                id = msg.id(),
+                attempt = msg.attempts(),
+                sensor_id = Empty,
+                epoch = Empty,
+                seq = Empty,
+            );
+            let _entered = span.enter();
             let result = match WorkResult::decode(msg.body()) {
                 Ok(result) => result,
                 Err(e) => {
@@ -130,6 +146,9 @@ impl Sink {
                     continue;
                 }
             };
+            span.record("sensor_id", result.sensor_id.as_str())
+                .record("epoch", result.epoch)
+                .record("seq", result.seq);
             let line = LogLine::new(result, written_at);
             let key = line.key();
             if self.seen.contains(&key) {
@@ -152,6 +171,7 @@ impl Sink {
                 key,
                 taken_at: line.taken_at,
                 worker_id: line.worker_id,
+                span: span.clone(),
             });
         }
         metrics::counter!(m::FINISHED, &labels).increment(finished_now);
@@ -185,6 +205,8 @@ impl Sink {
                     f.msg.finish();
                     let latency = Duration::from_nanos(written_at.saturating_sub(f.taken_at));
                     metrics::histogram!(m::END_TO_END_SECONDS).record(latency.as_secs_f64());
+                    f.span
+                        .in_scope(|| tracing::debug!(latency = ?latency, "result written"));
                     *per_worker.entry(f.worker_id).or_default() += 1;
                 }
                 let repeats = repeated.len() as u64;

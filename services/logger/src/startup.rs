@@ -9,6 +9,7 @@
 //! (CLS) while still writing what arrives, until every message is finished or requeued.
 
 use std::{
+    collections::BTreeSet,
     future::Future,
     net::SocketAddr,
     sync::{
@@ -20,7 +21,7 @@ use std::{
 
 use anyhow::Context as _;
 use axum::{extract::State, routing::get, Json, Router};
-use nsq::{ConnectionConfig, Consumer, ConsumerConfig, Message};
+use nsq::{ConnectionConfig, Consumer, ConsumerConfig, ConsumerStats, Message};
 use suite_common::{
     http::{self, BaseState, HttpServer, Readiness},
     shutdown::CancellationToken,
@@ -95,6 +96,7 @@ impl Application {
         );
         let metrics = http::install_metrics(SERVICE, &settings.logger_id)?;
         m::describe();
+        m::register(&settings.topic, &settings.channel);
 
         let (output, seen) = open_output(&settings).await?;
         let started = Instant::now();
@@ -358,16 +360,17 @@ async fn sample(
 ) {
     let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut known = BTreeSet::new();
     loop {
         tick.tick().await;
         let stats = consumer.stats();
         let connections = stats.connections();
-        metrics::gauge!(m::CONNECTIONS, "role" => "consumer").set(connections as f64);
+        set_connection_gauges(&stats, &mut known);
         metrics::gauge!(m::IN_FLIGHT, "topic" => s.topic.clone(), "channel" => s.channel.clone())
             .set(f64::from(stats.in_flight()));
         if connections == 0 {
             readiness.set_not_ready(format!(
-                "not consuming {}/{} from any nsqd yet",
+                "not consuming {}/{} from any nsqd",
                 s.topic, s.channel
             ));
         } else if !writable.load(Ordering::Relaxed) {
@@ -376,6 +379,21 @@ async fn sample(
             readiness.set_ready();
         }
     }
+}
+
+/// Sets the consumer's connection gauge of every nsqd in `stats` (1 connected, 0 not), and 0
+/// for the nsqd in `known` that the consumer no longer uses (e.g. gone from nsqlookupd).
+fn set_connection_gauges(stats: &ConsumerStats, known: &mut BTreeSet<String>) {
+    let mut current = BTreeSet::new();
+    for node in &stats.nodes {
+        metrics::gauge!(m::CONNECTIONS, "role" => "consumer", "nsqd" => node.addr.clone())
+            .set(if node.connected { 1.0 } else { 0.0 });
+        current.insert(node.addr.clone());
+    }
+    for gone in known.difference(&current) {
+        metrics::gauge!(m::CONNECTIONS, "role" => "consumer", "nsqd" => gone.clone()).set(0.0);
+    }
+    known.extend(current);
 }
 
 /// A multi-line TOML text as one log-friendly line.
