@@ -41,15 +41,24 @@ async fn main() -> anyhow::Result<()> {
     );
     let body = Bytes::from(vec![b'x'; SIZE]);
 
-    // PUB, window 1,000.
+    // PUB, window 1,000: with coalescing (the default) and without.
     let producer = Producer::connect(&addr, ProducerConfig::default())?;
     producer.publish("warmup", body.clone()).await?;
-    let pub_rate = {
+    let plain = Producer::connect(
+        &addr,
+        ProducerConfig {
+            coalesce_pubs: false,
+            ..Default::default()
+        },
+    )?;
+    plain.publish("warmup", body.clone()).await?;
+    let mut pub_rates = Vec::new();
+    for p in [&producer, &plain] {
         let count = Arc::new(AtomicU64::new(0));
         let start = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..1000 {
-            let p = producer.clone();
+            let p = p.clone();
             let b = body.clone();
             let count = Arc::clone(&count);
             tasks.spawn(async move {
@@ -61,11 +70,16 @@ async fn main() -> anyhow::Result<()> {
             });
         }
         while tasks.join_next().await.is_some() {}
-        count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
-    };
+        pub_rates.push(count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64());
+    }
+    plain.close().await;
     println!(
         "{:<44} {:>12.0} msg/s",
-        "nsq-suite PUB (window 1,000)", pub_rate
+        "nsq-suite PUB (window 1,000, coalesced)", pub_rates[0]
+    );
+    println!(
+        "{:<44} {:>12.0} msg/s",
+        "nsq-suite PUB (window 1,000, one PUB each)", pub_rates[1]
     );
 
     // MPUB, batches of 100, 8 in flight.

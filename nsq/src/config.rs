@@ -190,6 +190,9 @@ pub struct ProducerConfig {
     pub max_body_size: usize,
     /// Publishes queued for the connection before `publish` waits for room.
     pub queue_capacity: usize,
+    /// Send PUBs to one topic that are queued together as one MPUB (atomic: all confirmed or
+    /// all failed). Nothing waits to form a batch; a lone PUB stays a PUB.
+    pub coalesce_pubs: bool,
 }
 
 impl Default for ProducerConfig {
@@ -200,6 +203,7 @@ impl Default for ProducerConfig {
             max_msg_size: crate::protocol::DEFAULT_MAX_MSG_SIZE,
             max_body_size: crate::protocol::DEFAULT_MAX_BODY_SIZE,
             queue_capacity: 16 * 1024,
+            coalesce_pubs: true,
         }
     }
 }
@@ -248,11 +252,15 @@ impl Default for ConsumerConfig {
 
 /// Normalises a lookupd address to a base URL (`http://host:port`).
 pub fn lookupd_url(addr: &str) -> Result<String, ConfigError> {
-    let trimmed = addr.trim().trim_end_matches('/');
+    let trimmed = addr.trim();
     let url = if trimmed.starts_with("http://") || trimmed.starts_with("https://") {
         trimmed.to_string()
     } else {
         format!("http://{trimmed}")
+    };
+    let url = match url.split_once("://") {
+        Some((scheme, rest)) => format!("{scheme}://{}", rest.trim_end_matches('/')),
+        None => url,
     };
     let parsed = reqwest::Url::parse(&url).map_err(|e| ConfigError::Address {
         addr: addr.to_string(),

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 /// Why a publish was not confirmed by nsqd.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {
     /// The input was rejected before anything was sent; the connection is unaffected.
     #[error("invalid publish: {0}")]

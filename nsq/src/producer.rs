@@ -27,6 +27,114 @@ use crate::protocol::{self, encode, Frame};
 
 type Reply = oneshot::Sender<Result<(), PublishError>>;
 
+/// The callers waiting for one command on the wire: one, or all those whose PUBs were
+/// coalesced into one MPUB.
+enum Replies {
+    One(Reply),
+    Many(Vec<Reply>),
+}
+
+impl Replies {
+    fn send(self, result: Result<(), PublishError>) {
+        match self {
+            Replies::One(r) => {
+                let _ = r.send(result);
+            }
+            Replies::Many(rs) => {
+                for r in rs {
+                    let _ = r.send(result.clone());
+                }
+            }
+        }
+    }
+}
+
+/// PUBs to one topic, queued back to back, being gathered into one MPUB.
+struct OpenBatch {
+    topic: String,
+    bodies: Vec<Bytes>,
+    /// MPUB body size so far (count + each size prefix and body).
+    size: usize,
+    replies: Vec<Reply>,
+}
+
+/// Encodes queued requests into the write buffer and records whom each command answers.
+/// Consecutive PUBs to the same topic that are already queued together are sent as one MPUB
+/// (nsqd handles a batch far more cheaply than as many PUBs); nothing waits to form a batch.
+struct Encoder<'a> {
+    pending: &'a Mutex<VecDeque<Replies>>,
+    coalesce: bool,
+    max_body_size: usize,
+    open: Option<OpenBatch>,
+}
+
+impl Encoder<'_> {
+    fn queue(&mut self, buf: &mut BytesMut, req: Request) {
+        // A caller that gave up (timeout, dropped future) must not have its message sent later.
+        if req.reply.is_closed() {
+            return;
+        }
+        if let (true, Command::Pub { topic, body }) = (self.coalesce, &req.cmd) {
+            let add = 4 + body.len();
+            if let Some(open) = &mut self.open {
+                if open.topic == *topic
+                    && open.size + add <= self.max_body_size
+                    && open.bodies.len() < MAX_COALESCED
+                {
+                    open.bodies.push(body.clone());
+                    open.size += add;
+                    open.replies.push(req.reply);
+                    return;
+                }
+            }
+            self.flush(buf);
+            self.open = Some(OpenBatch {
+                topic: topic.clone(),
+                bodies: vec![body.clone()],
+                size: 4 + add,
+                replies: vec![req.reply],
+            });
+            return;
+        }
+        self.flush(buf);
+        match &req.cmd {
+            Command::Pub { topic, body } => encode::publish(buf, topic, body),
+            Command::MPub { topic, bodies } => encode::multi_publish(buf, topic, bodies),
+            Command::DPub {
+                topic,
+                defer_ms,
+                body,
+            } => encode::deferred_publish(buf, topic, *defer_ms, body),
+        }
+        self.push(Replies::One(req.reply));
+    }
+
+    /// Encodes the open batch: a lone PUB stays a PUB.
+    fn flush(&mut self, buf: &mut BytesMut) {
+        let Some(open) = self.open.take() else {
+            return;
+        };
+        if open.bodies.len() == 1 {
+            encode::publish(buf, &open.topic, &open.bodies[0]);
+            if let Some(reply) = open.replies.into_iter().next() {
+                self.push(Replies::One(reply));
+            }
+        } else {
+            encode::multi_publish(buf, &open.topic, &open.bodies);
+            self.push(Replies::Many(open.replies));
+        }
+    }
+
+    fn push(&self, replies: Replies) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.push_back(replies);
+        }
+    }
+}
+
+/// Most PUBs gathered into one MPUB.
+const MAX_COALESCED: usize = 1000;
+
 enum Command {
     Pub {
         topic: String,
@@ -363,13 +471,19 @@ async fn pump(
         mut writer,
         ..
     } = connection;
-    let pending: Mutex<VecDeque<Reply>> = Mutex::new(VecDeque::new());
+    let pending: Mutex<VecDeque<Replies>> = Mutex::new(VecDeque::new());
     let nop = Notify::new();
     let drained = Notify::new();
 
     let write_loop = async {
         let mut buf = BytesMut::with_capacity(64 * 1024);
         let mut closing = false;
+        let mut encoder = Encoder {
+            pending: &pending,
+            coalesce: config.coalesce_pubs,
+            max_body_size: config.max_body_size,
+            open: None,
+        };
         loop {
             if closing {
                 // Wait for every written command to be answered, then end.
@@ -392,7 +506,7 @@ async fn pump(
                     closing = true;
                 }
                 req = rx.recv() => match req {
-                    Some(req) => queue(&mut buf, req, &pending),
+                    Some(req) => encoder.queue(&mut buf, req),
                     None => closing = true,
                 },
             }
@@ -402,10 +516,11 @@ async fn pump(
             // Drain what else is queued into the same write.
             while !closing && buf.len() < 256 * 1024 {
                 match rx.try_recv() {
-                    Ok(req) => queue(&mut buf, req, &pending),
+                    Ok(req) => encoder.queue(&mut buf, req),
                     Err(_) => break,
                 }
             }
+            encoder.flush(&mut buf);
             if !buf.is_empty() {
                 writer
                     .write_all(&buf)
@@ -444,13 +559,10 @@ async fn pump(
                     let reply = pending.lock().ok().and_then(|mut p| p.pop_front());
                     match reply {
                         Some(reply) => {
-                            let result = if r.as_ref() == protocol::OK {
-                                Ok(())
-                            } else {
+                            if r.as_ref() != protocol::OK {
                                 tracing::warn!(nsqd = addr, response = %String::from_utf8_lossy(&r), "unexpected publish response, counted as success");
-                                Ok(())
-                            };
-                            let _ = reply.send(result);
+                            }
+                            reply.send(Ok(()));
                         }
                         None => {
                             return Err(format!(
@@ -473,7 +585,7 @@ async fn pump(
                     tracing::warn!(nsqd = addr, error = %text, "nsqd rejected a publish");
                     last_error = Some(text.clone());
                     if let Some(reply) = pending.lock().ok().and_then(|mut p| p.pop_front()) {
-                        let _ = reply.send(Err(PublishError::Rejected { code, text }));
+                        reply.send(Err(PublishError::Rejected { code, text }));
                     }
                     if pending.lock().map(|p| p.is_empty()).unwrap_or(true) {
                         drained.notify_one();
@@ -501,7 +613,7 @@ async fn pump(
     // Written but unanswered: nsqd may or may not have it. Fail each, never claim success.
     if let Ok(mut p) = pending.lock() {
         for reply in p.drain(..) {
-            let _ = reply.send(Err(PublishError::ConnectionLost {
+            reply.send(Err(PublishError::ConnectionLost {
                 addr: addr.to_string(),
                 reason: reason.clone(),
             }));
@@ -510,21 +622,102 @@ async fn pump(
     end
 }
 
-fn queue(buf: &mut BytesMut, req: Request, pending: &Mutex<VecDeque<Reply>>) {
-    // A caller that gave up (timeout, dropped future) must not have its message sent later.
-    if req.reply.is_closed() {
-        return;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(cmd: Command) -> (Request, oneshot::Receiver<Result<(), PublishError>>) {
+        let (reply, rx) = oneshot::channel();
+        (Request { cmd, reply }, rx)
     }
-    match &req.cmd {
-        Command::Pub { topic, body } => encode::publish(buf, topic, body),
-        Command::MPub { topic, bodies } => encode::multi_publish(buf, topic, bodies),
-        Command::DPub {
-            topic,
-            defer_ms,
-            body,
-        } => encode::deferred_publish(buf, topic, *defer_ms, body),
+
+    fn pub_(topic: &str, body: &'static [u8]) -> Command {
+        Command::Pub {
+            topic: topic.into(),
+            body: Bytes::from_static(body),
+        }
     }
-    if let Ok(mut p) = pending.lock() {
-        p.push_back(req.reply);
+
+    #[test]
+    fn queued_pubs_to_one_topic_become_one_mpub_and_all_callers_get_its_answer() {
+        let pending = Mutex::new(VecDeque::new());
+        let mut enc = Encoder {
+            pending: &pending,
+            coalesce: true,
+            max_body_size: 1024,
+            open: None,
+        };
+        let mut buf = BytesMut::new();
+        let mut rxs = Vec::new();
+        for cmd in [
+            pub_("a", b"1"),
+            pub_("a", b"22"),
+            pub_("a", b"333"),
+            pub_("b", b"x"),
+            Command::DPub {
+                topic: "a".into(),
+                defer_ms: 5,
+                body: Bytes::from_static(b"d"),
+            },
+        ] {
+            let (r, rx) = req(cmd);
+            enc.queue(&mut buf, r);
+            rxs.push(rx);
+        }
+        enc.flush(&mut buf);
+        let mut expected = BytesMut::new();
+        encode::multi_publish(
+            &mut expected,
+            "a",
+            &[
+                Bytes::from_static(b"1"),
+                Bytes::from_static(b"22"),
+                Bytes::from_static(b"333"),
+            ],
+        );
+        encode::publish(&mut expected, "b", b"x");
+        encode::deferred_publish(&mut expected, "a", 5, b"d");
+        assert_eq!(buf, expected);
+
+        let mut p = pending.lock().unwrap();
+        assert_eq!(p.len(), 3, "three commands on the wire");
+        // nsqd rejects the MPUB: all three of its callers see the error, the others do not.
+        p.pop_front().unwrap().send(Err(PublishError::Rejected {
+            code: "E_MPUB_FAILED".into(),
+            text: "E_MPUB_FAILED x".into(),
+        }));
+        p.pop_front().unwrap().send(Ok(()));
+        p.pop_front().unwrap().send(Ok(()));
+        let results: Vec<bool> = rxs
+            .into_iter()
+            .map(|mut rx| rx.try_recv().unwrap().is_ok())
+            .collect();
+        assert_eq!(results, vec![false, false, false, true, true]);
+    }
+
+    #[test]
+    fn batches_respect_the_body_limit_and_abandoned_publishes_are_not_sent() {
+        let pending = Mutex::new(VecDeque::new());
+        let mut enc = Encoder {
+            pending: &pending,
+            coalesce: true,
+            max_body_size: 4 + 2 * (4 + 10),
+            open: None,
+        };
+        let mut buf = BytesMut::new();
+        let mut keep = Vec::new();
+        for _ in 0..3 {
+            let (r, rx) = req(pub_("a", b"0123456789"));
+            enc.queue(&mut buf, r);
+            keep.push(rx);
+        }
+        let (r, rx) = req(pub_("a", b"gone"));
+        drop(rx); // the caller gave up
+        enc.queue(&mut buf, r);
+        enc.flush(&mut buf);
+        let p = pending.lock().unwrap();
+        assert_eq!(p.len(), 2, "an MPUB of two, then a PUB of one");
+        assert!(buf.starts_with(b"MPUB a\n"));
+        assert!(!buf.windows(4).any(|w| w == b"gone"));
     }
 }
