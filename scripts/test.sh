@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of nsq-suite: formatting and lints, unit and integration tests, end-to-end
 # tests of the real binaries against real NSQ v1.3.0 daemons, and the Python interop tests.
-# Installs what it needs that is missing (pinned NSQ binaries, the Python virtualenv).
+# Installs what it needs that is missing (pinned NSQ binaries, the Python virtualenv, the
+# browser test's playwright-core; Debian's chromium comes from .ci/run or apt-get).
 #
 #   scripts/test.sh
 set -euo pipefail
@@ -10,6 +11,7 @@ cd "$(dirname "$0")/.."
 scripts/build-nsq.sh
 NSQ_SUITE_PYTHON=$(scripts/python-env.sh)
 export NSQ_SUITE_PYTHON
+scripts/browser-env.sh
 
 echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check
