@@ -71,7 +71,19 @@ impl Service {
         env: &[(String, String)],
         http: String,
     ) -> Service {
-        let mut cmd = Command::new(service_bin(name));
+        Self::start_program(name, &service_bin(name), args, env, http)
+    }
+
+    /// Starts any `program` (for example `ip netns exec <ns> <binary>`) as a service named
+    /// `name`, with its output captured like the services'.
+    pub fn start_program(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        http: String,
+    ) -> Service {
+        let mut cmd = Command::new(program);
         cmd.args(args)
             .envs(env.iter().cloned())
             .env_remove("RUST_LOG")
