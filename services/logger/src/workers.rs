@@ -1,7 +1,9 @@
 //! Per-worker counts over a sliding window: who did how much of the work lately.
 //!
 //! This makes NSQ's load balancing visible: `GET /workers` answers the counts and rates of
-//! the last [`WINDOW`], and every `--summary-interval` the logger logs a line such as
+//! the last window (by default [`WINDOW`]; the logger uses its `--summary-interval`, so that a
+//! worker that starts or stops shows in the very next summary), and every
+//! `--summary-interval` the logger logs a line such as
 //! `3 workers, 33% / 34% / 33%, 1200 results/s`. Counts are kept in one-second buckets, so
 //! memory is bounded by the number of workers times the window's seconds.
 
@@ -15,14 +17,23 @@ pub const WINDOW_SECS: u64 = 10;
 /// Length of the sliding window.
 pub const WINDOW: std::time::Duration = std::time::Duration::from_secs(WINDOW_SECS);
 
-/// Results per worker per second, over the last [`WINDOW`].
-#[derive(Debug, Default)]
+/// Results per worker per second, over a sliding window of whole seconds.
+#[derive(Debug)]
 pub struct WorkerWindow {
     /// Per worker: `(second, count)` buckets, oldest first, and the all-time total.
     workers: BTreeMap<String, (VecDeque<(u64, u64)>, u64)>,
     /// The first second anything was recorded (rates over a shorter history are not
     /// under-estimated).
     first: Option<u64>,
+    /// The window's length in seconds (at least 1).
+    window_secs: u64,
+}
+
+impl Default for WorkerWindow {
+    /// A [`WINDOW`]-long window.
+    fn default() -> Self {
+        Self::new(WINDOW)
+    }
 }
 
 /// One worker's share of the recent work.
@@ -54,6 +65,16 @@ pub struct Snapshot {
 }
 
 impl WorkerWindow {
+    /// A window of `window`, rounded up to whole seconds (at least one).
+    pub fn new(window: std::time::Duration) -> Self {
+        let secs = window.as_secs() + u64::from(window.subsec_nanos() > 0);
+        Self {
+            workers: BTreeMap::new(),
+            first: None,
+            window_secs: secs.max(1),
+        }
+    }
+
     /// Records `n` results of `worker_id` at second `now` (any monotonic clock in seconds).
     pub fn record(&mut self, worker_id: &str, n: u64, now: u64) {
         self.first.get_or_insert(now);
@@ -66,21 +87,20 @@ impl WorkerWindow {
             Some((second, count)) if *second == now => *count += n,
             _ => buckets.push_back((now, n)),
         }
-        Self::expire(buckets, now);
+        Self::expire(buckets, now, self.window_secs);
     }
 
     /// The figures at second `now`; workers idle for a whole window are forgotten.
     pub fn snapshot(&mut self, now: u64) -> Snapshot {
+        let window = self.window_secs;
         for (buckets, _) in self.workers.values_mut() {
-            Self::expire(buckets, now);
+            Self::expire(buckets, now, window);
         }
         self.workers.retain(|_, (buckets, _)| !buckets.is_empty());
         // Seconds covered: the window, or less when the logger has not run that long.
         let span = self
             .first
-            .map_or(WINDOW_SECS, |first| {
-                (now.saturating_sub(first) + 1).min(WINDOW_SECS)
-            })
+            .map_or(window, |first| (now.saturating_sub(first) + 1).min(window))
             .max(1);
         let counts: Vec<(&String, u64, u64)> = self
             .workers
@@ -103,7 +123,7 @@ impl WorkerWindow {
             })
             .collect();
         Snapshot {
-            window_seconds: WINDOW_SECS,
+            window_seconds: window,
             count,
             rate: count as f64 / span as f64,
             workers,
@@ -111,10 +131,10 @@ impl WorkerWindow {
     }
 
     /// Drops the buckets that left the window at second `now`.
-    fn expire(buckets: &mut VecDeque<(u64, u64)>, now: u64) {
+    fn expire(buckets: &mut VecDeque<(u64, u64)>, now: u64, window_secs: u64) {
         while buckets
             .front()
-            .is_some_and(|(second, _)| second + WINDOW_SECS <= now)
+            .is_some_and(|(second, _)| second + window_secs <= now)
         {
             buckets.pop_front();
         }
@@ -184,6 +204,23 @@ mod tests {
         w.record("c", 5, 200);
         w.record("c", 5, 201);
         assert_eq!(w.snapshot(201).workers[0].total, 10);
+    }
+
+    #[test]
+    fn a_stopped_worker_leaves_a_short_window_at_once() {
+        // The logger's window is its summary interval: a worker that stopped is gone from the
+        // next summary, one that started is in it.
+        let mut w = WorkerWindow::new(std::time::Duration::from_millis(2500));
+        w.record("old", 10, 100);
+        w.record("old", 10, 101);
+        w.record("new", 10, 102);
+        w.record("new", 10, 103);
+        w.record("new", 10, 104);
+        let s = w.snapshot(104);
+        assert_eq!(s.window_seconds, 3);
+        assert_eq!(s.workers.len(), 1, "{s:?}");
+        assert_eq!(s.workers[0].worker_id, "new");
+        assert_eq!(s.summary(), "1 worker, 100%, 10 results/s");
     }
 
     #[test]
