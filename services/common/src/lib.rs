@@ -20,7 +20,7 @@
 //!   [`Readiness`](http::Readiness) handle) and `/metrics` (Prometheus) plus the service's
 //!   own routes.
 //! * [`shutdown`]: a [`CancellationToken`](shutdown::CancellationToken) cancelled on SIGTERM
-//!   or SIGINT.
+//!   or SIGINT, and the single-threaded [`runtime`](shutdown::runtime) the services run on.
 //! * [`healthcheck`]: the blocking probe behind `<service> healthcheck`, for images without
 //!   curl.
 //! * [`exit`]: maps the outcome to an exit code (0, 1 runtime failure, 2 usage error) and

@@ -115,3 +115,16 @@ mod tests {
         assert_eq!(Signal::Interrupt.exit_status(), 130);
     }
 }
+
+/// The tokio runtime every service runs on: single-threaded.
+///
+/// A service does little CPU work per message and spends its time handing messages between
+/// its NSQ connections and its handlers. On a multi-threaded runtime most of those hand-offs
+/// wake another thread (a futex and a context switch each); on one thread they are plain
+/// function calls. On the 2-core machines the suite targets, where nsqd needs the cores too,
+/// this raised the pipeline's throughput by a third in the benchmark (`scripts/bench.sh`).
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}

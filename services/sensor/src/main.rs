@@ -20,7 +20,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(suite_common::healthcheck::probe(&config.http_address)?);
     }
     suite_common::telemetry::init(config.log_format, &config.log_level)?;
-    let runtime = tokio::runtime::Runtime::new()?;
+    let runtime = suite_common::shutdown::runtime()?;
     runtime.block_on(async {
         let app = Application::build(config).await?;
         let shutdown = CancellationToken::new();
