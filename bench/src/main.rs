@@ -87,6 +87,8 @@ struct PipelineRun {
     readings: u64,
     seconds: f64,
     msgs_per_sec: f64,
+    /// CPU microseconds per reading, by process (nsqd, sensor, logger, workers together).
+    cpu_us_per_reading: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -153,10 +155,20 @@ async fn main() -> anyhow::Result<()> {
         for &w in &cli.workers {
             bar.set_message(format!("pipeline, {w} worker(s), {} readings", cli.count));
             let run = pipeline(w, cli.count, values, logs.path()).await?;
-            bar.println(format!(
-                "pipeline W={w}: {:.0} msg/s ({} readings in {:.2} s)",
-                run.msgs_per_sec, run.readings, run.seconds
-            ));
+            say(
+                &bar,
+                format!(
+                    "pipeline W={w}: {:.0} msg/s ({} readings in {:.2} s); CPU µs per reading: {}",
+                    run.msgs_per_sec,
+                    run.readings,
+                    run.seconds,
+                    run.cpu_us_per_reading
+                        .iter()
+                        .map(|(k, v)| format!("{k} {v:.1}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
             results.pipeline.push(run);
             bar.inc(1);
         }
@@ -164,17 +176,20 @@ async fn main() -> anyhow::Result<()> {
     if has("reference") {
         bar.set_message("reference: bench_writer → nsq_to_nsq → bench_reader");
         let r = reference(cli.go_seconds, logs.path()).await?;
-        bar.println(format!("reference 2-hop: {r:.0} msg/s"));
+        say(&bar, format!("reference 2-hop: {r:.0} msg/s"));
         results.reference_msgs_per_sec = Some(r);
         bar.inc(1);
     }
     if has("raw") {
         bar.set_message("raw: bench_writer + bench_reader");
         let r = raw(cli.go_seconds).await?;
-        bar.println(format!(
-            "raw 1-hop: writer {:.0} msg/s, reader {:.0} msg/s",
-            r.writer_msgs_per_sec, r.reader_msgs_per_sec
-        ));
+        say(
+            &bar,
+            format!(
+                "raw 1-hop: writer {:.0} msg/s, reader {:.0} msg/s",
+                r.writer_msgs_per_sec, r.reader_msgs_per_sec
+            ),
+        );
         results.raw = Some(r);
         bar.inc(1);
     }
@@ -280,9 +295,34 @@ async fn pipeline(
         &dir.join(format!("{tag}-sensor.log")),
     )?;
     let budget = Duration::from_secs(60 + count / 5_000);
+    // The sensor's CPU time is read just before it exits, from its last /proc sample.
+    let mut sensor_cpu = 0.0;
+    let deadline = Instant::now() + budget;
+    while sensor.running() {
+        sensor_cpu = sensor.cpu_seconds().unwrap_or(sensor_cpu);
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the sensor did not finish in {budget:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     sensor.wait_success(budget).await?;
     wait_lines(&output, count as usize, budget).await?;
     let (first_taken, last_written) = span(&output)?;
+    let mut cpu: BTreeMap<String, f64> = BTreeMap::new();
+    let per = |secs: f64| secs * 1e6 / count as f64;
+    if let Some(pid) = nsqd.pid() {
+        cpu.insert("nsqd".into(), per(procs::cpu_seconds(pid)?));
+    }
+    cpu.insert("sensor".into(), per(sensor_cpu));
+    for p in &procs {
+        let key = if p.name.starts_with("worker") {
+            "workers"
+        } else {
+            &p.name
+        };
+        *cpu.entry(key.to_string()).or_default() += per(p.cpu_seconds()?);
+    }
     for p in procs.iter_mut() {
         p.terminate().await;
     }
@@ -292,6 +332,7 @@ async fn pipeline(
         readings: count,
         seconds,
         msgs_per_sec: count as f64 / seconds,
+        cpu_us_per_reading: cpu,
     })
 }
 
@@ -483,7 +524,7 @@ async fn latency(
             max_ms: h.max() as f64 / 1e6,
             distribution,
         };
-        bar.println(format!(
+        say(&bar, format!(
             "latency at {rate}/s: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} samples)",
             run.p50_ms, run.p90_ms, run.p99_ms, run.max_ms, run.samples
         ));
@@ -549,4 +590,10 @@ fn print_table(r: &Results) {
             println!("  {:<12} {:>8.1} MB", name, *bytes as f64 / 1e6);
         }
     }
+}
+
+/// Prints a line above the progress bar (and plainly when output is not a terminal, where
+/// indicatif hides the bar and its `println`).
+fn say(bar: &ProgressBar, line: String) {
+    bar.suspend(|| println!("{line}"));
 }

@@ -56,6 +56,11 @@ impl Proc {
         self.child.as_ref().map(Child::id).unwrap_or(0)
     }
 
+    /// CPU time used so far (user + system), in seconds.
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        cpu_seconds(self.pid())
+    }
+
     /// Peak resident set size so far (VmHWM), in bytes.
     pub fn peak_rss(&self) -> anyhow::Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
@@ -69,6 +74,17 @@ impl Proc {
             .context("malformed VmHWM line")?
             .parse()?;
         Ok(kb * 1024)
+    }
+
+    /// True while it has not exited (without reaping it).
+    pub fn running(&self) -> bool {
+        // WNOHANG-style check through /proc: a zombie or a missing entry means it ended.
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .map(|s| {
+                !s.rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(false)
     }
 
     /// Waits for the exit, up to `timeout`; an error if it failed or did not end.
@@ -145,4 +161,26 @@ pub async fn wait_lines(path: &Path, n: usize, timeout: Duration) -> anyhow::Res
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// CPU time (user + system) of process `pid` so far, in seconds, from `/proc/<pid>/stat`.
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("malformed /proc/<pid>/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat, so 11 and 12 after the ')'.
+    let ticks: u64 = fields
+        .get(11)
+        .zip(fields.get(12))
+        .context("short /proc/<pid>/stat")
+        .and_then(|(u, s)| Ok(u.parse::<u64>()? + s.parse::<u64>()?))?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    Ok(ticks as f64 / hz)
 }
