@@ -185,7 +185,10 @@ impl Nsqlookupd {
             format!("--tcp-address=127.0.0.1:{}", self.tcp_port),
             format!("--http-address=127.0.0.1:{}", self.http_port),
             "--broadcast-address=127.0.0.1".into(),
-            "--inactive-producer-timeout=5s".into(),
+            // Longer than nsqd's lookupd PING period (15 s, fixed): with less, a live nsqd
+            // drops out of /lookup between two pings. An nsqd that exits or is killed is
+            // unregistered at once anyway (its connection closes).
+            "--inactive-producer-timeout=60s".into(),
         ]
     }
 

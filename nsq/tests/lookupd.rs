@@ -35,6 +35,38 @@ async fn consumer_started_before_the_topic_exists_gets_the_first_message() {
 }
 
 #[tokio::test]
+async fn a_live_nsqd_stays_listed_between_its_pings() {
+    // nsqd PINGs nsqlookupd every 15 s; the testkit's nsqlookupd must not call it inactive
+    // in between (it did with --inactive-producer-timeout=5s: consumers dropped a live nsqd
+    // 5 s after it started and came back only at its next PING).
+    init_logs();
+    let lookupd = Nsqlookupd::start().await;
+    let nsqd = Nsqd::builder().lookupd(&lookupd).start().await;
+    let producer = Producer::connect(&nsqd.tcp_address(), producer_config()).unwrap();
+    producer.publish("stay", body(1, 16)).await.unwrap();
+    let (consumer, mut messages) =
+        Consumer::new("stay", "c", lookupd_config(&[&lookupd], 10)).unwrap();
+    recv(&mut messages, Duration::from_secs(5)).await.finish();
+    // The time passing is what is tested: past the old 5 s, before nsqd's next PING.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let url = format!("http://{}/lookup?topic=stay", lookupd.http_address());
+    let lookup: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+    assert_eq!(
+        lookup["producers"].as_array().map(Vec::len),
+        Some(1),
+        "{lookup}"
+    );
+    assert_eq!(consumer.stats().connections(), 1, "still consuming");
+    producer.publish("stay", body(2, 16)).await.unwrap();
+    assert_eq!(
+        number(recv(&mut messages, Duration::from_secs(5)).await.body()),
+        2
+    );
+    consumer.close().await;
+    producer.close().await;
+}
+
+#[tokio::test]
 async fn a_later_nsqd_is_picked_up_and_a_vanished_one_is_dropped() {
     init_logs();
     let lookupd = Nsqlookupd::start().await;
