@@ -15,6 +15,8 @@ use suite_common::{
     telemetry::LogFormat,
 };
 
+use crate::gaps::GapSettings;
+
 /// Prefix of the logger's environment variables (`LOGGER_OUTPUT`, ...).
 pub const ENV_PREFIX: &str = "LOGGER";
 
@@ -23,6 +25,9 @@ pub const LIST_KEYS: &[&str] = &["lookupd_http_address", "nsqd_tcp_address"];
 
 /// Default `--http-address`.
 pub const DEFAULT_HTTP_ADDRESS: &str = "127.0.0.1:4192";
+
+/// Default `--replay-nsqd-tcp-address` when no `--nsqd-tcp-address` is given.
+pub const DEFAULT_REPLAY_NSQD: &str = "127.0.0.1:4150";
 
 /// Text after the flags in `--help`: the layering and the de-duplication promise.
 const AFTER_HELP: &str = "\
@@ -33,7 +38,14 @@ defaults. --print-config shows the result. Durations are written like 500ms, 5s,
 
 Each result is written once: a result whose (sensor_id, epoch, seq) is already in the output
 is finished without being written again. With --output, the logger rebuilds that knowledge
-from the file at start-up (a truncated last line, left by a crash, is cut off).";
+from the file at start-up (a truncated last line, left by a crash, is cut off).
+
+Gaps: a seq still missing --gap-grace after a later one (or a sensor's announced last seq)
+arrived is asked for on --replay-topic, again with a doubling pause from --replay-backoff, at
+most --replay-max-attempts times. A range the sensor no longer holds, or that is never
+answered, is reported lost: a WARN log, nsq_suite_readings_lost_total, and a line in the loss
+list (--lost-output, by default <output stem>.lost.jsonl beside --output). GET /gaps shows
+the missing and lost ranges.";
 
 /// The logger's command line.
 #[derive(Debug, Parser)]
@@ -103,6 +115,53 @@ pub struct Flags {
     /// Name of this logger in the metrics and in nsqadmin [default: the host name]
     #[arg(long, value_name = "ID")]
     pub logger_id: Option<String>,
+
+    /// Detect missing readings and ask the sensors to replay them [default: true]
+    #[arg(
+        long,
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub detect_gaps: Option<bool>,
+
+    /// How long a seq may be missing before it is asked for again [default: 3s]
+    #[arg(long, value_name = "DURATION")]
+    pub gap_grace: Option<String>,
+
+    /// Topic of the sensors' SensorStatus announcements, consumed on --channel [default:
+    /// sensor_status]
+    #[arg(long, value_name = "TOPIC")]
+    pub status_topic: Option<String>,
+
+    /// Topic the ReplayRequests are published to [default: sensor_replay]
+    #[arg(long, value_name = "TOPIC")]
+    pub replay_topic: Option<String>,
+
+    /// Topic of the sensors' ReplayUnavailable answers, consumed on --channel [default:
+    /// sensor_replay_unavailable]
+    #[arg(long, value_name = "TOPIC")]
+    pub replay_unavailable_topic: Option<String>,
+
+    /// nsqd TCP address the ReplayRequests are published to [default: the first
+    /// --nsqd-tcp-address, else 127.0.0.1:4150]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub replay_nsqd_tcp_address: Option<String>,
+
+    /// Replay requests for one gap before it is reported lost [default: 5]
+    #[arg(long, value_name = "N")]
+    pub replay_max_attempts: Option<u32>,
+
+    /// Pause after a replay request before asking again; doubles per request, up to 16
+    /// times this [default: 2s]
+    #[arg(long, value_name = "DURATION")]
+    pub replay_backoff: Option<String>,
+
+    /// File the ranges reported lost are appended to [default: <output stem>.lost.jsonl
+    /// beside --output; none with stdout]
+    #[arg(long, value_name = "PATH")]
+    pub lost_output: Option<PathBuf>,
 }
 
 /// The logger's configuration, as loaded and as printed by `--print-config`.
@@ -129,6 +188,25 @@ pub struct Config {
     pub summary_interval: String,
     /// This logger's name.
     pub logger_id: String,
+    /// Whether missing readings are detected and asked for.
+    pub detect_gaps: bool,
+    /// Grace period of a missing seq (a duration such as `3s`).
+    pub gap_grace: String,
+    /// Topic of the sensors' status announcements.
+    pub status_topic: String,
+    /// Topic the replay requests are published to.
+    pub replay_topic: String,
+    /// Topic of the sensors' "unavailable" answers.
+    pub replay_unavailable_topic: String,
+    /// nsqd the replay requests are published to (`None`: the first `nsqd_tcp_address`, else
+    /// `127.0.0.1:4150`).
+    pub replay_nsqd_tcp_address: Option<String>,
+    /// Replay requests per gap before it is reported lost.
+    pub replay_max_attempts: u32,
+    /// First pause between two replay requests for a gap (a duration such as `2s`).
+    pub replay_backoff: String,
+    /// Loss list file (`None`: beside `output`, or none with stdout).
+    pub lost_output: Option<PathBuf>,
     /// Address of the HTTP port.
     pub http_address: String,
     /// Log format.
@@ -151,6 +229,15 @@ impl Default for Config {
             fsync: false,
             summary_interval: "5s".to_owned(),
             logger_id: host.split('.').next().unwrap_or("logger").to_owned(),
+            detect_gaps: true,
+            gap_grace: "3s".to_owned(),
+            status_topic: messages::STATUS_TOPIC.to_owned(),
+            replay_topic: messages::REPLAY_TOPIC.to_owned(),
+            replay_unavailable_topic: messages::REPLAY_UNAVAILABLE_TOPIC.to_owned(),
+            replay_nsqd_tcp_address: None,
+            replay_max_attempts: 5,
+            replay_backoff: "2s".to_owned(),
+            lost_output: None,
             http_address: DEFAULT_HTTP_ADDRESS.to_owned(),
             log_format: LogFormat::Text,
             log_level: "info".to_owned(),
@@ -181,6 +268,20 @@ pub struct Settings {
     pub summary_interval: Duration,
     /// This logger's name.
     pub logger_id: String,
+    /// Whether missing readings are detected and asked for.
+    pub detect_gaps: bool,
+    /// How gaps are detected and asked for.
+    pub gaps: GapSettings,
+    /// Topic of the sensors' status announcements (a valid NSQ topic name).
+    pub status_topic: String,
+    /// Topic the replay requests are published to.
+    pub replay_topic: String,
+    /// Topic of the sensors' "unavailable" answers.
+    pub replay_unavailable_topic: String,
+    /// nsqd the replay requests are published to (`host:port`).
+    pub replay_nsqd_tcp_address: String,
+    /// Loss list file (`None`: losses are only logged, counted and shown).
+    pub lost_output: Option<PathBuf>,
     /// HTTP listen address (`host:port`, port 0 allowed).
     pub http_address: String,
 }
@@ -190,14 +291,21 @@ impl Config {
     pub fn validate(&self) -> Result<Settings, ConfigError> {
         use suite_common::addr;
 
-        if !nsq::protocol::is_valid_topic_name(&self.topic) {
-            return Err(ConfigError::value(
-                "--topic",
-                format!(
-                    "'{}' is not a valid NSQ topic name (1-64 characters of [.a-zA-Z0-9_-])",
-                    self.topic
-                ),
-            ));
+        for (flag, topic) in [
+            ("--topic", &self.topic),
+            ("--status-topic", &self.status_topic),
+            ("--replay-topic", &self.replay_topic),
+            ("--replay-unavailable-topic", &self.replay_unavailable_topic),
+        ] {
+            if !nsq::protocol::is_valid_topic_name(topic) {
+                return Err(ConfigError::value(
+                    flag,
+                    format!(
+                        "'{topic}' is not a valid NSQ topic name (1-64 characters of \
+                         [.a-zA-Z0-9_-])"
+                    ),
+                ));
+            }
         }
         if !nsq::protocol::is_valid_channel_name(&self.channel) {
             return Err(ConfigError::value(
@@ -248,6 +356,35 @@ impl Config {
                 "must not be 0",
             ));
         }
+        let gap_grace = duration("--gap-grace", &self.gap_grace)?;
+        if self.replay_max_attempts == 0 {
+            return Err(ConfigError::value(
+                "--replay-max-attempts",
+                "must be at least 1 (use --detect-gaps=false to never ask)",
+            ));
+        }
+        let replay_backoff = duration("--replay-backoff", &self.replay_backoff)?;
+        if replay_backoff.is_zero() {
+            return Err(ConfigError::value("--replay-backoff", "must not be 0"));
+        }
+        let replay_nsqd = match &self.replay_nsqd_tcp_address {
+            Some(a) => addr::host_port("--replay-nsqd-tcp-address", a)?.to_string(),
+            None => nsqd
+                .first()
+                .map(ToString::to_string)
+                .unwrap_or_else(|| DEFAULT_REPLAY_NSQD.to_owned()),
+        };
+        if self
+            .lost_output
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(ConfigError::value("--lost-output", "must not be empty"));
+        }
+        let lost_output = self
+            .lost_output
+            .clone()
+            .or_else(|| self.output.as_deref().map(crate::lost::default_path));
         Ok(Settings {
             topic: self.topic.clone(),
             channel: self.channel.clone(),
@@ -259,6 +396,19 @@ impl Config {
             fsync: self.fsync,
             summary_interval,
             logger_id: logger_id.to_owned(),
+            detect_gaps: self.detect_gaps,
+            gaps: GapSettings {
+                grace: gap_grace,
+                max_attempts: self.replay_max_attempts,
+                backoff: replay_backoff,
+                backoff_max: replay_backoff.saturating_mul(16),
+                ..GapSettings::default()
+            },
+            status_topic: self.status_topic.clone(),
+            replay_topic: self.replay_topic.clone(),
+            replay_unavailable_topic: self.replay_unavailable_topic.clone(),
+            replay_nsqd_tcp_address: replay_nsqd,
+            lost_output,
             http_address: http.to_string(),
         })
     }
@@ -352,6 +502,64 @@ mod tests {
         assert!(!s.fsync);
         assert_eq!(s.summary_interval, Duration::from_secs(5));
         assert_eq!(s.http_address, DEFAULT_HTTP_ADDRESS);
+        assert!(s.detect_gaps);
+        assert_eq!(s.gaps.grace, Duration::from_secs(3));
+        assert_eq!(s.gaps.max_attempts, 5);
+        assert_eq!(s.gaps.backoff, Duration::from_secs(2));
+        assert_eq!(s.gaps.backoff_max, Duration::from_secs(32));
+        assert_eq!(
+            (s.status_topic.as_str(), s.replay_topic.as_str()),
+            ("sensor_status", "sensor_replay")
+        );
+        assert_eq!(s.replay_unavailable_topic, "sensor_replay_unavailable");
+        assert_eq!(s.replay_nsqd_tcp_address, "127.0.0.1:4150");
+        assert_eq!(s.lost_output, None, "no loss list with stdout");
+    }
+
+    #[test]
+    fn replay_settings() {
+        let s = settings(
+            &[
+                "--lookupd-http-address",
+                "l:4161",
+                "--output",
+                "/data/r.jsonl",
+                "--gap-grace=500ms",
+                "--replay-max-attempts=2",
+                "--replay-backoff=100ms",
+                "--detect-gaps=false",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.replay_nsqd_tcp_address, DEFAULT_REPLAY_NSQD);
+        assert_eq!(s.lost_output, Some(PathBuf::from("/data/r.lost.jsonl")));
+        assert_eq!(s.gaps.grace, Duration::from_millis(500));
+        assert_eq!(
+            (s.gaps.max_attempts, s.gaps.backoff),
+            (2, Duration::from_millis(100))
+        );
+        assert!(!s.detect_gaps);
+        let s = settings(
+            &[
+                "--nsqd-tcp-address=n1:4150",
+                "--nsqd-tcp-address=n2:4150",
+                "--lost-output=/x/lost.jsonl",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.replay_nsqd_tcp_address, "n1:4150", "the first nsqd");
+        assert_eq!(s.lost_output, Some(PathBuf::from("/x/lost.jsonl")));
+        let s = settings(
+            &[
+                "--nsqd-tcp-address=n1:4150",
+                "--replay-nsqd-tcp-address=r:4150",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.replay_nsqd_tcp_address, "r:4150");
     }
 
     #[test]
@@ -401,6 +609,22 @@ mod tests {
                 "invalid `--summary-interval`",
             ),
             (&["--logger-id", " "], "invalid `--logger-id`"),
+            (&["--gap-grace", "soon"], "invalid `--gap-grace`"),
+            (&["--replay-topic", "a b"], "invalid `--replay-topic`"),
+            (&["--status-topic", "a/b"], "invalid `--status-topic`"),
+            (
+                &["--replay-unavailable-topic", "!"],
+                "invalid `--replay-unavailable-topic`",
+            ),
+            (
+                &["--replay-max-attempts", "0"],
+                "invalid `--replay-max-attempts`",
+            ),
+            (&["--replay-backoff", "0s"], "invalid `--replay-backoff`"),
+            (
+                &["--replay-nsqd-tcp-address", "x"],
+                "`--replay-nsqd-tcp-address` 'x'",
+            ),
             (&["--http-address", "h"], "`--http-address` 'h'"),
         ];
         for (args, expected) in cases {

@@ -15,6 +15,13 @@
 //! disagree, even after `kill -9` between a write and its FINs. An incomplete last line left
 //! by a crash is cut off with a warning (its message was never finished).
 //!
+//! It notices readings that never arrived ([`gaps`]): a seq still missing `--gap-grace` after
+//! a later one, or after the sensor announced a higher last seq, is asked for again with a
+//! [`messages::ReplayRequest`] ([`replay`]), with a growing pause, a bounded number of times.
+//! What the sensor answers as no longer in its history, or never answers, is lost: it goes
+//! into a durable loss list ([`lost`]), a WARN log and `nsq_suite_readings_lost_total`, and
+//! `GET /gaps` shows it. A loss is never silent.
+//!
 //! It also keeps per-worker counts over a sliding window ([`workers`]): `GET /workers`, and a
 //! summary log line every `--summary-interval`, e.g. `3 workers, 33% / 34% / 33%, 1200
 //! results/s`, which makes NSQ's load balancing visible.
@@ -29,8 +36,10 @@
 //! * [`startup`]: [`Application::build`] and [`Application::run_until_stopped`];
 //! * [`sink`]: what happens to a batch of messages;
 //! * [`output`]: the output file, its rebuild and its failure handling;
-//! * [`line`](mod@line), [`seen`], [`workers`]: the line format, the de-duplication set and the
-//!   per-worker window, free of I/O;
+//! * [`replay`]: the status and unavailable consumers, the replay requests, the losses;
+//! * [`lost`]: the loss list file;
+//! * [`line`](mod@line), [`seen`], [`gaps`], [`workers`]: the line format, the
+//!   de-duplication set, the gap tracker and the per-worker window, free of I/O;
 //! * [`metrics`]: the names of the Prometheus metrics.
 //!
 //! # Running it in-process
@@ -56,9 +65,12 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod gaps;
 pub mod line;
+pub mod lost;
 pub mod metrics;
 pub mod output;
+pub mod replay;
 pub mod seen;
 pub mod sink;
 pub mod startup;

@@ -71,3 +71,66 @@ pub fn register(topic: &str, channel: &str) {
         metrics::counter!(name).increment(0);
     }
 }
+
+/// Counter, label `reason` (`unavailable`, `unanswered`): readings reported lost.
+pub const READINGS_LOST: &str = "nsq_suite_readings_lost_total";
+/// Counter: readings reported lost that arrived after all (a `recovered` record).
+pub const READINGS_RECOVERED: &str = "nsq_suite_readings_recovered_total";
+/// Counter: replay requests published (one per requested range).
+pub const REPLAY_REQUESTS: &str = "nsq_suite_replay_requests_total";
+/// Counter: readings asked for in replay requests (the sum of the ranges' lengths).
+pub const REPLAY_READINGS_REQUESTED: &str = "nsq_suite_replay_readings_requested_total";
+/// Counter: replay requests that could not be published (retried, not counted as attempts).
+pub const REPLAY_REQUEST_FAILURES: &str = "nsq_suite_replay_request_failures_total";
+/// Counter: sensor status announcements received.
+pub const STATUS_RECEIVED: &str = "nsq_suite_sensor_status_received_total";
+/// Gauge: seqs missing now (neither written nor lost), within the grace period or not.
+pub const MISSING_READINGS: &str = "nsq_suite_missing_readings";
+/// Gauge: missing seqs past the grace period, being asked for.
+pub const GAP_READINGS_PENDING: &str = "nsq_suite_gap_readings_pending";
+
+/// Registers the help text of the gap-detection metrics and creates them at zero.
+pub fn describe_gaps() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_counter!(
+        READINGS_LOST,
+        "Readings reported lost, by reason (unavailable: not in the sensor's history; \
+         unanswered: no answer to the replay requests)"
+    );
+    describe_counter!(
+        READINGS_RECOVERED,
+        "Readings reported lost that arrived after all"
+    );
+    describe_counter!(REPLAY_REQUESTS, "Replay requests published");
+    describe_counter!(
+        REPLAY_READINGS_REQUESTED,
+        "Readings asked for in replay requests"
+    );
+    describe_counter!(
+        REPLAY_REQUEST_FAILURES,
+        "Replay requests that could not be published"
+    );
+    describe_counter!(STATUS_RECEIVED, "Sensor status announcements received");
+    describe_gauge!(
+        MISSING_READINGS,
+        "Seqs missing (neither written nor lost), within the grace period or not"
+    );
+    describe_gauge!(
+        GAP_READINGS_PENDING,
+        "Missing seqs past the grace period, being asked for"
+    );
+    for reason in ["unavailable", "unanswered"] {
+        metrics::counter!(READINGS_LOST, "reason" => reason).increment(0);
+    }
+    for name in [
+        READINGS_RECOVERED,
+        REPLAY_REQUESTS,
+        REPLAY_READINGS_REQUESTED,
+        REPLAY_REQUEST_FAILURES,
+        STATUS_RECEIVED,
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    metrics::gauge!(MISSING_READINGS).set(0.0);
+    metrics::gauge!(GAP_READINGS_PENDING).set(0.0);
+}

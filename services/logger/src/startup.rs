@@ -29,8 +29,11 @@ use suite_common::{
 
 use crate::{
     config::{Config, Settings},
+    gaps::{Gaps, GapsReport},
+    lost::LossList,
     metrics as m,
     output::Output,
+    replay::Replay,
     seen::Seen,
     sink::Sink,
     workers::{Snapshot, WorkerWindow},
@@ -57,6 +60,10 @@ pub struct Application {
     /// What `/ready` reports: ready while consuming from at least one nsqd with a writable
     /// output.
     readiness: Readiness,
+    /// The gap tracker, shared with `GET /gaps`.
+    gaps: Arc<Mutex<Gaps>>,
+    /// The loss list, when gap detection is on.
+    losses: Option<LossList>,
     /// The bound HTTP port.
     http: HttpServer,
     /// All HTTP routes.
@@ -99,6 +106,16 @@ impl Application {
         m::register(&settings.topic, &settings.channel);
 
         let (output, seen) = open_output(&settings).await?;
+        let gaps = Arc::new(Mutex::new(Gaps::new(settings.gaps.clone())));
+        let losses = if settings.detect_gaps {
+            m::describe_gaps();
+            Some(open_loss_list(&settings, &gaps).await?)
+        } else {
+            tracing::info!(
+                "gap detection off (--detect-gaps=false): missing readings are not asked for"
+            );
+            None
+        };
         let started = Instant::now();
         let workers = Arc::new(Mutex::new(WorkerWindow::default()));
         let writable = Arc::new(AtomicBool::new(true));
@@ -125,6 +142,14 @@ impl Application {
                     workers: Arc::clone(&workers),
                     started,
                 }),
+        )
+        .merge(
+            Router::new()
+                .route("/gaps", get(gaps_route))
+                .with_state(GapsState {
+                    gaps: Arc::clone(&gaps),
+                    enabled: settings.detect_gaps,
+                }),
         );
         let http = HttpServer::bind(&settings.http_address).await?;
         tracing::info!(
@@ -141,6 +166,8 @@ impl Application {
             writable,
             started,
             readiness,
+            gaps,
+            losses,
             http,
             router,
         })
@@ -176,6 +203,8 @@ impl Application {
             writable,
             started,
             readiness,
+            gaps,
+            losses,
             http,
             router,
         } = self;
@@ -213,6 +242,10 @@ impl Application {
             s.summary_interval,
         );
         summary.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut replay = match losses {
+            Some(losses) => Some(Replay::start(Arc::clone(&s), gaps, losses)?),
+            None => None,
+        };
 
         let max_batch = s.max_in_flight as usize;
         let mut closing: Option<tokio::task::JoinHandle<()>> = None;
@@ -232,6 +265,11 @@ impl Application {
                     closing = Some(tokio::spawn(async move { consumer.close().await }));
                 }
                 _ = summary.tick() => log_summary(&workers, started),
+                event = next_replay_event(&mut replay) => {
+                    if let Some(replay) = replay.as_mut() {
+                        replay.handle(event, sink.seen());
+                    }
+                }
                 msg = messages.recv() => match msg {
                     Some(first) => {
                         let batch = take_batch(first, &mut messages, max_batch);
@@ -245,6 +283,9 @@ impl Application {
             }
         }
         sampler.abort();
+        if let Some(replay) = replay {
+            replay.close().await;
+        }
         if let Some(e) = failure {
             tracing::error!(error = %format!("{e:#}"), "stopping: the output cannot be trusted");
             readiness.set_not_ready("failed");
@@ -267,6 +308,74 @@ impl Application {
         tracing::info!(readings = sink.seen().len(), "logger stopped");
         Ok(())
     }
+}
+
+/// The next event of the replay machinery, or never when gap detection is off.
+async fn next_replay_event(replay: &mut Option<Replay>) -> crate::replay::Event {
+    match replay {
+        Some(replay) => replay.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Opens the loss list (if any) and restores what it holds into the gap tracker.
+async fn open_loss_list(settings: &Settings, gaps: &Mutex<Gaps>) -> anyhow::Result<LossList> {
+    let Some(path) = settings.lost_output.clone() else {
+        tracing::info!("no loss list (stdout output, no --lost-output): losses are only logged, counted and shown by GET /gaps");
+        return Ok(LossList::none());
+    };
+    let (list, records) = tokio::task::spawn_blocking(move || LossList::open(&path))
+        .await
+        .context("the task opening the loss list failed")??;
+    let restored = match gaps.lock() {
+        Ok(mut gaps) => {
+            for r in &records {
+                if r.reason == crate::gaps::LossReason::Recovered {
+                    gaps.unmark_lost(&r.sensor_id, r.epoch, r.from_seq, r.to_seq);
+                } else {
+                    gaps.mark_lost(&r.sensor_id, r.epoch, r.from_seq, r.to_seq);
+                }
+            }
+            gaps.report(Instant::now()).lost
+        }
+        Err(_) => 0,
+    };
+    if restored > 0 {
+        tracing::warn!(
+            loss_list = %list.describe(),
+            ranges = records.len(),
+            readings = restored,
+            "readings reported lost before this start (not asked for again)"
+        );
+    }
+    Ok(list)
+}
+
+/// State of `GET /gaps`.
+#[derive(Debug, Clone)]
+struct GapsState {
+    /// The tracker.
+    gaps: Arc<Mutex<Gaps>>,
+    /// Whether gap detection is on.
+    enabled: bool,
+}
+
+/// `GET /gaps`: missing, pending and lost ranges per sensor epoch.
+async fn gaps_route(State(state): State<GapsState>) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    if !state.enabled {
+        return (
+            axum::http::StatusCode::NOT_FOUND,
+            Json(serde_json::json!({"error": "gap detection is off (--detect-gaps=false)"})),
+        )
+            .into_response();
+    }
+    let now = Instant::now();
+    let report: GapsReport = match state.gaps.lock() {
+        Ok(gaps) => gaps.report(now),
+        Err(poisoned) => poisoned.into_inner().report(now),
+    };
+    Json(report).into_response()
 }
 
 /// Logs the per-worker summary, when there was work in the window.

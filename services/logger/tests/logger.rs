@@ -70,10 +70,12 @@ fn body(seq: u64, worker: &str) -> Bytes {
     Bytes::from(result(seq, worker).encode().unwrap())
 }
 
-/// The output's complete lines, parsed.
+/// The output's complete lines, parsed (a last line still being written is left out).
 fn lines(path: &Path) -> Vec<LogLine> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
+    let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
+    complete
+        .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
         .collect()
 }
@@ -389,4 +391,230 @@ fn healthcheck_fails_when_nothing_listens() {
         &[],
     );
     assert_eq!(out.status.code(), Some(1));
+}
+
+#[tokio::test]
+async fn asks_for_gaps_and_records_what_cannot_be_replayed() {
+    init_logs();
+    let nsqd = Nsqd::start().await;
+    for (topic, channel) in [
+        ("results", "logger"),
+        ("sensor_status", "logger"),
+        ("sensor_replay_unavailable", "logger"),
+        ("sensor_replay", "check"),
+    ] {
+        nsqd.create_channel(topic, channel).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("results.jsonl");
+    let lost_path = dir.path().join("results.lost.jsonl");
+    let gap_config = || Config {
+        gap_grace: "200ms".to_owned(),
+        replay_backoff: "300ms".to_owned(),
+        replay_max_attempts: 2,
+        ..config(&nsqd, &out)
+    };
+
+    // 1..=10 and 13..=20 arrive; the sensor announces 25 as its last seq.
+    let producer =
+        nsq::Producer::connect(&nsqd.tcp_address(), nsq::ProducerConfig::default()).unwrap();
+    let bodies = (1..=10).chain(13..=20).map(|seq| body(seq, "w")).collect();
+    producer.multi_publish("results", bodies).await.unwrap();
+    let status = messages::SensorStatus {
+        schema: SCHEMA_VERSION,
+        sensor_id: "s1".to_owned(),
+        epoch: 5,
+        last_seq: 25,
+        at: 1,
+        final_: true,
+    };
+    producer
+        .publish("sensor_status", status.encode().unwrap())
+        .await
+        .unwrap();
+
+    let (base, stop, run) = spawn_logger(gap_config()).await;
+
+    // One request for 11..=25 (the 8 seqs written in between are not worth two requests).
+    let (requests, mut asked) = nsq::Consumer::new(
+        "sensor_replay",
+        "check",
+        nsq::ConsumerConfig {
+            nsqd_tcp_addresses: vec![nsqd.tcp_address()],
+            max_in_flight: 10,
+            ..nsq::ConsumerConfig::default()
+        },
+    )
+    .unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(10), asked.recv())
+        .await
+        .expect("a replay request")
+        .unwrap();
+    let request = messages::ReplayRequest::decode(msg.body()).unwrap();
+    msg.finish();
+    assert_eq!(
+        (
+            request.sensor_id.as_str(),
+            request.epoch,
+            request.from_seq,
+            request.to_seq
+        ),
+        ("s1", 5, 11, 25)
+    );
+    assert_eq!(request.requested_by, LOGGER_ID);
+
+    // The sensor no longer has 11..=12; it replays 21..=25; 13..=20 are there already.
+    let unavailable = messages::ReplayUnavailable {
+        schema: SCHEMA_VERSION,
+        sensor_id: "s1".to_owned(),
+        epoch: 5,
+        from_seq: 9,
+        to_seq: 12,
+        at: 2,
+    };
+    producer
+        .publish("sensor_replay_unavailable", unavailable.encode().unwrap())
+        .await
+        .unwrap();
+    let bodies = (21..=25).map(|seq| body(seq, "w")).collect();
+    producer.multi_publish("results", bodies).await.unwrap();
+    wait_until("23 lines", Duration::from_secs(10), || async {
+        lines(&out).len() >= 23
+    })
+    .await;
+    wait_until("11..=12 reported lost", Duration::from_secs(10), || async {
+        std::fs::read_to_string(&lost_path).is_ok_and(|t| t.ends_with('\n'))
+    })
+    .await;
+    let gaps_now = || async {
+        reqwest::get(format!("{base}/gaps"))
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
+    // /gaps shows the tracker's last look (every 50 ms here).
+    wait_until(
+        "/gaps shows 23 written",
+        Duration::from_secs(10),
+        || async { gaps_now().await["epochs"][0]["written"] == 23 },
+    )
+    .await;
+    let gaps = gaps_now().await;
+    let epoch = &gaps["epochs"][0];
+    assert_eq!(
+        (&epoch["written"], &epoch["lost"], &epoch["missing"]),
+        (&23.into(), &2.into(), &0.into()),
+        "{gaps}"
+    );
+    assert_eq!(
+        epoch["lost_ranges"],
+        serde_json::json!([{"from_seq": 11, "to_seq": 12}])
+    );
+    let record: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&lost_path).unwrap().trim()).unwrap();
+    assert_eq!(
+        (
+            &record["from_seq"],
+            &record["to_seq"],
+            &record["count"],
+            &record["reason"]
+        ),
+        (&11.into(), &12.into(), &2.into(), &"unavailable".into()),
+        "9 and 10 are written: only 11 and 12 are lost"
+    );
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("nsq_suite_readings_lost_total{"),
+        "{metrics}"
+    );
+    stop.send(()).unwrap();
+    run.await.unwrap().unwrap();
+
+    // A restart knows the loss from the list: nothing is missing, nothing is asked again.
+    let app = Application::build(gap_config()).await.unwrap();
+    assert_eq!(app.seen().len(), 23);
+    let (base, stop, run) = {
+        let base = format!("http://{}", app.http_addr());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(app.run_until_stopped(async move {
+            let _ = stopped.await;
+        }));
+        (base, stop, run)
+    };
+    wait_until(
+        "the restarted logger's first look",
+        Duration::from_secs(10),
+        || async {
+            let gaps: serde_json::Value = reqwest::get(format!("{base}/gaps"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            gaps["epochs"][0]["written"] == 23
+        },
+    )
+    .await;
+    let gaps: serde_json::Value = reqwest::get(format!("{base}/gaps"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (&gaps["lost"], &gaps["missing"]),
+        (&2.into(), &0.into()),
+        "{gaps}"
+    );
+    stop.send(()).unwrap();
+    run.await.unwrap().unwrap();
+    requests.close().await;
+    producer.close().await;
+}
+
+#[tokio::test]
+async fn a_gap_nobody_answers_is_reported_lost_after_the_last_request() {
+    init_logs();
+    let nsqd = Nsqd::start().await;
+    nsqd.create_channel("results", "logger").await;
+    nsqd.create_channel("sensor_replay", "check").await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("results.jsonl");
+    let lost_path = dir.path().join("elsewhere.jsonl");
+    let producer =
+        nsq::Producer::connect(&nsqd.tcp_address(), nsq::ProducerConfig::default()).unwrap();
+    let bodies = [1, 2, 5].into_iter().map(|seq| body(seq, "w")).collect();
+    producer.multi_publish("results", bodies).await.unwrap();
+
+    let (_base, stop, run) = spawn_logger(Config {
+        gap_grace: "100ms".to_owned(),
+        replay_backoff: "100ms".to_owned(),
+        replay_max_attempts: 3,
+        lost_output: Some(lost_path.clone()),
+        ..config(&nsqd, &out)
+    })
+    .await;
+    wait_until("3..=4 reported lost", Duration::from_secs(10), || async {
+        std::fs::read_to_string(&lost_path).is_ok_and(|t| t.ends_with('\n'))
+    })
+    .await;
+    let record: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&lost_path).unwrap().trim()).unwrap();
+    assert_eq!(
+        (&record["from_seq"], &record["to_seq"], &record["reason"]),
+        (&3.into(), &4.into(), &"unanswered".into())
+    );
+    stop.send(()).unwrap();
+    run.await.unwrap().unwrap();
+    // Asked 3 times (the replay topic's channel got every request), then given up.
+    let c = nsqd.channel_stats("sensor_replay", "check").await.unwrap();
+    assert_eq!(c["message_count"], 3, "{c}");
+    producer.close().await;
 }

@@ -1,0 +1,872 @@
+//! Gap detection: which readings are missing, when to ask the sensor for them again, and
+//! when to give up and report them as lost. Free of I/O and of the clock (every call takes
+//! `now`), so that it is tested without waiting.
+//!
+//! # The model
+//!
+//! For every sensor epoch the tracker knows three things:
+//!
+//! * the seqs **written** to the output (the de-duplication state, [`Seen`]);
+//! * the highest seq the sensor **announced** ([`messages::SensorStatus`]): without it, readings
+//!   lost at the tail of an epoch would be invisible, since no later seq reveals them;
+//! * the seqs reported **lost** (answered unavailable by the sensor, or never answered).
+//!
+//! A seq is *missing* when it is at most the epoch's high-water mark (the highest seq written
+//! or announced) and neither written nor lost. With several workers, results arrive out of
+//! order, so a missing seq is normal for a moment: it becomes *due* only once the high-water
+//! mark has been at or above it for the grace period (`--gap-grace`). The tracker keeps a
+//! short history of the high-water mark for that purpose, so that the grace is measured per
+//! seq, from the moment the seq could first be known to exist.
+//!
+//! # Asking, retrying, giving up
+//!
+//! Due seqs are grouped into gaps (ranges). [`Gaps::tick`] asks for a gap at once, then again
+//! after a pause that doubles from `backoff` up to `backoff_max`, at most `max_attempts`
+//! times; a gap still missing after its last request's pause is reported lost
+//! ([`LossReason::Unanswered`]). Seqs that arrive meanwhile simply leave the gap. Gaps close
+//! to each other (at most `coalesce` written seqs apart) are asked for in one request, at most
+//! `max_span` seqs long: the sensor replays a few readings twice, the logger drops the
+//! repeats. A sensor's answer that a range is no longer in its history
+//! ([`Gaps::unavailable`], then [`Gaps::mark_lost`]) ends the asking for that range at once.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+
+use crate::seen::{Seen, SeqSet};
+
+/// How gaps are detected and asked for (from the logger's flags).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GapSettings {
+    /// How long a seq may be missing before it is asked for (`--gap-grace`).
+    pub grace: Duration,
+    /// Requests per gap before it is reported lost (`--replay-max-attempts`, at least 1).
+    pub max_attempts: u32,
+    /// Pause after the first request before asking again (`--replay-backoff`); doubles per
+    /// request.
+    pub backoff: Duration,
+    /// Longest pause between two requests for the same gap.
+    pub backoff_max: Duration,
+    /// Gaps separated by at most this many written seqs are asked for in one request.
+    pub coalesce: u64,
+    /// Most seqs in one request.
+    pub max_span: u64,
+}
+
+impl Default for GapSettings {
+    fn default() -> Self {
+        Self {
+            grace: Duration::from_secs(3),
+            max_attempts: 5,
+            backoff: Duration::from_secs(2),
+            backoff_max: Duration::from_secs(30),
+            coalesce: 16,
+            max_span: 10_000,
+        }
+    }
+}
+
+/// A replay request to publish: "sensor, re-publish `from..=to` of this epoch".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ask {
+    /// The sensor that should replay.
+    pub sensor_id: String,
+    /// The epoch of the missing readings.
+    pub epoch: u64,
+    /// First seq asked for.
+    pub from: u64,
+    /// Last seq asked for (inclusive).
+    pub to: u64,
+    /// The highest request number of the gaps in it (1 for a first request).
+    pub attempt: u32,
+}
+
+/// Why readings are reported lost, or that they are not lost after all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LossReason {
+    /// The sensor answered that they are no longer in its history.
+    Unavailable,
+    /// The sensor did not answer `--replay-max-attempts` requests (gone, or another epoch).
+    Unanswered,
+    /// Not a loss: readings reported lost earlier arrived after all (late, for example from
+    /// an overloaded sensor) and are in the output. Cancels the earlier record's range.
+    Recovered,
+}
+
+impl LossReason {
+    /// The name, as in the loss list and the metric's `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LossReason::Unavailable => "unavailable",
+            LossReason::Unanswered => "unanswered",
+            LossReason::Recovered => "recovered",
+        }
+    }
+}
+
+/// A range of readings given up on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loss {
+    /// The sensor.
+    pub sensor_id: String,
+    /// Its epoch.
+    pub epoch: u64,
+    /// First lost seq.
+    pub from: u64,
+    /// Last lost seq (inclusive).
+    pub to: u64,
+    /// Why.
+    pub reason: LossReason,
+}
+
+impl Loss {
+    /// How many readings the range holds.
+    pub fn count(&self) -> u64 {
+        self.to - self.from + 1
+    }
+}
+
+/// What one [`Gaps::tick`] decided.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TickOutcome {
+    /// Requests to publish now.
+    pub asks: Vec<Ask>,
+    /// Gaps given up on (already recorded as lost in the tracker; the caller reports and
+    /// persists them).
+    pub losses: Vec<Loss>,
+    /// Ranges reported lost that are in the output after all (reason
+    /// [`LossReason::Recovered`]; already removed from the tracker's losses).
+    pub recovered: Vec<Loss>,
+}
+
+/// A due range of missing seqs and the state of its requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Gap {
+    /// First missing seq.
+    from: u64,
+    /// Last missing seq (inclusive).
+    to: u64,
+    /// Requests made so far.
+    attempts: u32,
+    /// When to ask again (or give up).
+    next_at: Instant,
+}
+
+/// What the tracker knows of one sensor epoch.
+#[derive(Debug, Default)]
+struct EpochState {
+    /// Highest `last_seq` the sensor announced.
+    announced: u64,
+    /// Whether the sensor announced the end of the epoch.
+    final_: bool,
+    /// `(when, high-water mark)` each time the mark rose; the oldest kept is the newest one
+    /// older than the grace period.
+    highs: VecDeque<(Instant, u64)>,
+    /// The due gaps, in seq order, disjoint.
+    gaps: Vec<Gap>,
+    /// Seqs reported lost.
+    lost: SeqSet,
+    /// Requests made for this epoch.
+    asked: u64,
+    /// Seqs missing at the last tick, due or not.
+    missing: u64,
+    /// Seqs written, at the last tick.
+    written: u64,
+    /// Highest seq written, at the last tick.
+    highest_written: u64,
+}
+
+/// The gap tracker of one logger: see the module documentation.
+#[derive(Debug)]
+pub struct Gaps {
+    /// The settings.
+    settings: GapSettings,
+    /// Per `(sensor_id, epoch)`.
+    epochs: HashMap<(String, u64), EpochState>,
+}
+
+impl Gaps {
+    /// An empty tracker.
+    pub fn new(mut settings: GapSettings) -> Self {
+        settings.max_attempts = settings.max_attempts.max(1);
+        settings.max_span = settings.max_span.max(1);
+        Self {
+            settings,
+            epochs: HashMap::new(),
+        }
+    }
+
+    /// The settings in use.
+    pub fn settings(&self) -> &GapSettings {
+        &self.settings
+    }
+
+    /// Takes note of a sensor's announcement of its latest seq.
+    pub fn on_status(&mut self, sensor_id: &str, epoch: u64, last_seq: u64, final_: bool) {
+        let state = self.state(sensor_id, epoch);
+        state.announced = state.announced.max(last_seq);
+        state.final_ |= final_;
+    }
+
+    /// Records a range as lost without reporting it (restoring the loss list at start-up, or
+    /// after the caller persisted the result of [`Gaps::unavailable`]). Returns how many seqs
+    /// were not already recorded.
+    pub fn mark_lost(&mut self, sensor_id: &str, epoch: u64, from: u64, to: u64) -> u64 {
+        let state = self.state(sensor_id, epoch);
+        let added = state.lost.insert_range(from, to);
+        state.gaps = subtract_gaps(std::mem::take(&mut state.gaps), from, to);
+        added
+    }
+
+    /// Takes a range out of the losses (restoring a `recovered` record at start-up).
+    pub fn unmark_lost(&mut self, sensor_id: &str, epoch: u64, from: u64, to: u64) -> u64 {
+        self.state(sensor_id, epoch).lost.remove_range(from, to)
+    }
+
+    /// The parts of `from..=to` that a sensor's "unavailable" answer makes lost: those neither
+    /// written nor already recorded as lost. Nothing is recorded: persist them, then call
+    /// [`Gaps::mark_lost`].
+    pub fn unavailable(
+        &self,
+        sensor_id: &str,
+        epoch: u64,
+        from: u64,
+        to: u64,
+        seen: &Seen,
+    ) -> Vec<(u64, u64)> {
+        let written = seen.epoch(sensor_id, epoch);
+        let lost = self
+            .epochs
+            .get(&(sensor_id.to_owned(), epoch))
+            .map(|s| &s.lost);
+        let mut out = Vec::new();
+        let not_written = match written {
+            Some(set) => set.subtract_from(from, to),
+            None if from <= to => vec![(from, to)],
+            None => Vec::new(),
+        };
+        for (a, b) in not_written {
+            match lost {
+                Some(lost) => out.extend(lost.subtract_from(a, b)),
+                None => out.push((a, b)),
+            }
+        }
+        out
+    }
+
+    /// A request could not be published: it does not count as an attempt, and is retried
+    /// after the first backoff pause.
+    pub fn ask_failed(&mut self, ask: &Ask, now: Instant) {
+        let retry_at = now + self.settings.backoff;
+        if let Some(state) = self.epochs.get_mut(&(ask.sensor_id.clone(), ask.epoch)) {
+            for gap in &mut state.gaps {
+                if gap.to >= ask.from && gap.from <= ask.to {
+                    gap.attempts = gap.attempts.saturating_sub(1);
+                    gap.next_at = gap.next_at.min(retry_at);
+                }
+            }
+        }
+    }
+
+    /// Looks at every sensor epoch: updates the gaps from what is written and announced, and
+    /// says which ranges to ask for and which to give up on.
+    pub fn tick(&mut self, now: Instant, seen: &Seen) -> TickOutcome {
+        for (sensor_id, epoch, _) in seen.iter() {
+            if !self.epochs.contains_key(&(sensor_id.to_owned(), epoch)) {
+                self.state(sensor_id, epoch);
+            }
+        }
+        let settings = self.settings.clone();
+        let mut outcome = TickOutcome::default();
+        for ((sensor_id, epoch), state) in &mut self.epochs {
+            let written = seen.epoch(sensor_id, *epoch);
+            if let Some(written) = written {
+                for (from, to) in state.found(written) {
+                    outcome.recovered.push(Loss {
+                        sensor_id: sensor_id.clone(),
+                        epoch: *epoch,
+                        from,
+                        to,
+                        reason: LossReason::Recovered,
+                    });
+                }
+            }
+            let (asks, losses) = state.tick(&settings, now, written);
+            outcome
+                .asks
+                .extend(asks.into_iter().map(|(from, to, attempt)| Ask {
+                    sensor_id: sensor_id.clone(),
+                    epoch: *epoch,
+                    from,
+                    to,
+                    attempt,
+                }));
+            outcome
+                .losses
+                .extend(losses.into_iter().map(|(from, to)| Loss {
+                    sensor_id: sensor_id.clone(),
+                    epoch: *epoch,
+                    from,
+                    to,
+                    reason: LossReason::Unanswered,
+                }));
+        }
+        outcome
+            .asks
+            .sort_by(|a, b| (&a.sensor_id, a.epoch, a.from).cmp(&(&b.sensor_id, b.epoch, b.from)));
+        outcome
+    }
+
+    /// What the tracker knows, for `GET /gaps` (as of the last tick).
+    pub fn report(&self, now: Instant) -> GapsReport {
+        let mut epochs: Vec<EpochReport> = self
+            .epochs
+            .iter()
+            .map(|((sensor_id, epoch), s)| EpochReport {
+                sensor_id: sensor_id.clone(),
+                epoch: *epoch,
+                written: s.written,
+                highest_written: s.highest_written,
+                announced_last_seq: s.announced,
+                final_: s.final_,
+                missing: s.missing,
+                lost: s.lost.len(),
+                replay_requests: s.asked,
+                gaps: s
+                    .gaps
+                    .iter()
+                    .map(|g| GapReport {
+                        from_seq: g.from,
+                        to_seq: g.to,
+                        requests: g.attempts,
+                        next_request_in_ms: g.next_at.saturating_duration_since(now).as_millis()
+                            as u64,
+                    })
+                    .collect(),
+                lost_ranges: s
+                    .lost
+                    .ranges()
+                    .map(|(from_seq, to_seq)| SeqRange { from_seq, to_seq })
+                    .collect(),
+            })
+            .collect();
+        epochs.sort_by(|a, b| (&a.sensor_id, a.epoch).cmp(&(&b.sensor_id, b.epoch)));
+        GapsReport {
+            grace_ms: self.settings.grace.as_millis() as u64,
+            missing: epochs.iter().map(|e| e.missing).sum(),
+            pending: epochs
+                .iter()
+                .flat_map(|e| &e.gaps)
+                .map(|g| g.to_seq - g.from_seq + 1)
+                .sum(),
+            lost: epochs.iter().map(|e| e.lost).sum(),
+            replay_requests: epochs.iter().map(|e| e.replay_requests).sum(),
+            epochs,
+        }
+    }
+
+    /// The state of one sensor epoch, created empty when new.
+    fn state(&mut self, sensor_id: &str, epoch: u64) -> &mut EpochState {
+        self.epochs
+            .entry((sensor_id.to_owned(), epoch))
+            .or_default()
+    }
+}
+
+impl EpochState {
+    /// Takes the seqs reported lost but written after all out of the losses; returns them.
+    fn found(&mut self, written: &SeqSet) -> Vec<(u64, u64)> {
+        if self.lost.is_empty() {
+            return Vec::new();
+        }
+        let found: Vec<(u64, u64)> = self
+            .lost
+            .ranges()
+            .flat_map(|(a, b)| written.intersect(a, b))
+            .collect();
+        for (a, b) in &found {
+            self.lost.remove_range(*a, *b);
+        }
+        found
+    }
+
+    /// One tick for this epoch: `(asks as (from, to, attempt), losses as (from, to))`.
+    #[allow(clippy::type_complexity)]
+    fn tick(
+        &mut self,
+        s: &GapSettings,
+        now: Instant,
+        written: Option<&SeqSet>,
+    ) -> (Vec<(u64, u64, u32)>, Vec<(u64, u64)>) {
+        let empty = SeqSet::default();
+        let written = written.unwrap_or(&empty);
+        self.written = written.len();
+        self.highest_written = written.max();
+
+        // The high-water mark, and what it was a grace period ago.
+        let high = written.max().max(self.announced);
+        if self.highs.back().is_none_or(|(_, h)| *h < high) && high > 0 {
+            self.highs.push_back((now, high));
+        }
+        while self.highs.len() >= 2
+            && self
+                .highs
+                .get(1)
+                .is_some_and(|(t, _)| now.saturating_duration_since(*t) >= s.grace)
+        {
+            self.highs.pop_front();
+        }
+        let due_high = match self.highs.front() {
+            Some((t, h)) if now.saturating_duration_since(*t) >= s.grace => *h,
+            _ => 0,
+        };
+
+        let not_lost = |ranges: Vec<(u64, u64)>, lost: &SeqSet| -> Vec<(u64, u64)> {
+            ranges
+                .into_iter()
+                .flat_map(|(a, b)| lost.subtract_from(a, b))
+                .collect()
+        };
+        self.missing = not_lost(written.missing(high), &self.lost)
+            .iter()
+            .map(|(a, b)| b - a + 1)
+            .sum();
+        let due = not_lost(written.missing(due_high), &self.lost);
+
+        // Carry the request state of the previous gaps over to what is still missing.
+        let mut gaps = Vec::with_capacity(due.len());
+        let old = std::mem::take(&mut self.gaps);
+        let mut i = 0;
+        for (from, to) in due {
+            while i < old.len() && old[i].to < from {
+                i += 1;
+            }
+            let mut cursor = from;
+            let mut j = i;
+            while j < old.len() && old[j].from <= to {
+                let g = &old[j];
+                if g.from > cursor {
+                    gaps.push(fresh(cursor, g.from - 1, now));
+                }
+                let (a, b) = (g.from.max(cursor), g.to.min(to));
+                if a <= b {
+                    gaps.push(Gap {
+                        from: a,
+                        to: b,
+                        attempts: g.attempts,
+                        next_at: g.next_at,
+                    });
+                }
+                cursor = b.saturating_add(1).max(cursor);
+                if g.to > to {
+                    break;
+                }
+                j += 1;
+            }
+            if cursor <= to {
+                gaps.push(fresh(cursor, to, now));
+            }
+        }
+
+        // Ask for what is due, give up on what was asked for too often.
+        let mut asks: Vec<(u64, u64, u32)> = Vec::new();
+        let mut losses = Vec::new();
+        gaps.retain_mut(|g| {
+            if g.next_at > now {
+                return true;
+            }
+            if g.attempts >= s.max_attempts {
+                losses.push((g.from, g.to));
+                return false;
+            }
+            g.attempts += 1;
+            g.next_at = now + backoff(s, g.attempts);
+            asks.push((g.from, g.to, g.attempts));
+            true
+        });
+        for (from, to) in &losses {
+            self.lost.insert_range(*from, *to);
+            self.missing = self.missing.saturating_sub(to - from + 1);
+        }
+        self.gaps = gaps;
+        let asks = coalesce(asks, s.coalesce, s.max_span);
+        self.asked += asks.len() as u64;
+        (asks, losses)
+    }
+}
+
+/// A gap seen for the first time: due now.
+fn fresh(from: u64, to: u64, now: Instant) -> Gap {
+    Gap {
+        from,
+        to,
+        attempts: 0,
+        next_at: now,
+    }
+}
+
+/// The pause after request number `attempts` (1 for the first).
+fn backoff(s: &GapSettings, attempts: u32) -> Duration {
+    let factor = 1u32 << attempts.saturating_sub(1).min(20);
+    s.backoff.saturating_mul(factor).min(s.backoff_max)
+}
+
+/// Merges requests at most `distance` seqs apart into requests of at most `max_span` seqs,
+/// and splits longer ones. The input is in seq order.
+fn coalesce(asks: Vec<(u64, u64, u32)>, distance: u64, max_span: u64) -> Vec<(u64, u64, u32)> {
+    let mut out: Vec<(u64, u64, u32)> = Vec::new();
+    for (from, to, attempt) in asks {
+        if let Some(last) = out.last_mut() {
+            let hole = from.saturating_sub(last.1).saturating_sub(1);
+            if hole <= distance && to - last.0 < max_span {
+                last.1 = to;
+                last.2 = last.2.max(attempt);
+                continue;
+            }
+        }
+        let mut start = from;
+        loop {
+            let end = to.min(start.saturating_add(max_span - 1));
+            out.push((start, end, attempt));
+            if end >= to {
+                break;
+            }
+            start = end + 1;
+        }
+    }
+    out
+}
+
+/// `gaps` without the seqs `from..=to`.
+fn subtract_gaps(gaps: Vec<Gap>, from: u64, to: u64) -> Vec<Gap> {
+    let mut out = Vec::with_capacity(gaps.len());
+    for g in gaps {
+        if g.to < from || g.from > to {
+            out.push(g);
+            continue;
+        }
+        if g.from < from {
+            out.push(Gap {
+                to: from - 1,
+                ..g.clone()
+            });
+        }
+        if g.to > to {
+            out.push(Gap {
+                from: to + 1,
+                ..g.clone()
+            });
+        }
+    }
+    out
+}
+
+/// An inclusive range of seqs, as in `GET /gaps`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SeqRange {
+    /// First seq.
+    pub from_seq: u64,
+    /// Last seq (inclusive).
+    pub to_seq: u64,
+}
+
+/// A gap being asked for, as in `GET /gaps`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GapReport {
+    /// First missing seq.
+    pub from_seq: u64,
+    /// Last missing seq (inclusive).
+    pub to_seq: u64,
+    /// Replay requests made for it so far.
+    pub requests: u32,
+    /// When it is asked for again (or given up on), from now.
+    pub next_request_in_ms: u64,
+}
+
+/// One sensor epoch, as in `GET /gaps`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EpochReport {
+    /// The sensor.
+    pub sensor_id: String,
+    /// Its epoch.
+    pub epoch: u64,
+    /// Readings written to the output.
+    pub written: u64,
+    /// Highest seq written.
+    pub highest_written: u64,
+    /// Highest seq the sensor announced (0 when no announcement arrived).
+    pub announced_last_seq: u64,
+    /// Whether the sensor announced the end of the epoch.
+    #[serde(rename = "final")]
+    pub final_: bool,
+    /// Seqs missing (neither written nor lost), within the grace period or not.
+    pub missing: u64,
+    /// Readings reported lost.
+    pub lost: u64,
+    /// Replay requests made.
+    pub replay_requests: u64,
+    /// Missing ranges past the grace period, being asked for.
+    pub gaps: Vec<GapReport>,
+    /// Ranges reported lost.
+    pub lost_ranges: Vec<SeqRange>,
+}
+
+/// The answer of `GET /gaps`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GapsReport {
+    /// `--gap-grace`, in milliseconds.
+    pub grace_ms: u64,
+    /// Seqs missing over all epochs (within the grace period or not).
+    pub missing: u64,
+    /// Seqs past the grace period, being asked for.
+    pub pending: u64,
+    /// Readings reported lost over all epochs.
+    pub lost: u64,
+    /// Replay requests made over all epochs.
+    pub replay_requests: u64,
+    /// Per sensor epoch.
+    pub epochs: Vec<EpochReport>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::line::Key;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn settings() -> GapSettings {
+        GapSettings {
+            grace: 1000 * MS,
+            max_attempts: 3,
+            backoff: 500 * MS,
+            backoff_max: 1000 * MS,
+            coalesce: 2,
+            max_span: 100,
+        }
+    }
+
+    fn seen(seqs: impl IntoIterator<Item = u64>) -> Seen {
+        let mut seen = Seen::default();
+        for seq in seqs {
+            seen.insert(&Key {
+                sensor_id: "s".to_owned(),
+                epoch: 1,
+                seq,
+            });
+        }
+        seen
+    }
+
+    fn asks(outcome: &TickOutcome) -> Vec<(u64, u64, u32)> {
+        outcome
+            .asks
+            .iter()
+            .map(|a| (a.from, a.to, a.attempt))
+            .collect()
+    }
+
+    #[test]
+    fn a_gap_is_asked_for_only_after_the_grace_period() {
+        let t0 = Instant::now();
+        let mut g = Gaps::new(settings());
+        let written = seen((1..=10).chain(13..=20));
+        assert!(g.tick(t0, &written).asks.is_empty());
+        assert!(g.tick(t0 + 999 * MS, &written).asks.is_empty());
+        let out = g.tick(t0 + 1000 * MS, &written);
+        assert_eq!(asks(&out), [(11, 12, 1)]);
+        assert!(out.losses.is_empty());
+        let report = g.report(t0 + 1000 * MS);
+        assert_eq!((report.missing, report.pending, report.lost), (2, 2, 0));
+    }
+
+    #[test]
+    fn the_grace_is_counted_from_when_a_seq_could_be_known() {
+        let t0 = Instant::now();
+        let mut g = Gaps::new(settings());
+        g.tick(t0, &seen(1..=10));
+        // At t0 + 800 ms seq 15 arrives: 11..=14 are missing since then, not since t0.
+        let later = seen((1..=10).chain([15]));
+        assert!(g.tick(t0 + 800 * MS, &later).asks.is_empty());
+        assert!(g.tick(t0 + 1500 * MS, &later).asks.is_empty());
+        assert_eq!(asks(&g.tick(t0 + 1800 * MS, &later)), [(11, 14, 1)]);
+    }
+
+    #[test]
+    fn a_tail_gap_needs_the_announcement() {
+        let t0 = Instant::now();
+        let mut g = Gaps::new(settings());
+        let written = seen(1..=10);
+        g.tick(t0, &written);
+        assert!(
+            g.tick(t0 + 5000 * MS, &written).asks.is_empty(),
+            "nothing known beyond 10"
+        );
+        g.on_status("s", 1, 14, true);
+        g.tick(t0 + 5000 * MS, &written);
+        assert_eq!(asks(&g.tick(t0 + 6000 * MS, &written)), [(11, 14, 1)]);
+        // An epoch only announced, with nothing written: all of it is missing.
+        g.on_status("other", 7, 3, false);
+        g.tick(t0 + 6000 * MS, &written);
+        let out = g.tick(t0 + 7000 * MS, &written);
+        let other: Vec<_> = out
+            .asks
+            .iter()
+            .filter(|a| a.sensor_id == "other")
+            .map(|a| (a.epoch, a.from, a.to))
+            .collect();
+        assert_eq!(other, [(7, 1, 3)]);
+    }
+
+    #[test]
+    fn requests_back_off_then_the_gap_is_lost_as_unanswered() {
+        let t0 = Instant::now();
+        let mut g = Gaps::new(settings());
+        let written = seen((1..=10).chain(13..=20));
+        g.tick(t0, &written);
+        let t = t0 + 1000 * MS;
+        assert_eq!(asks(&g.tick(t, &written)), [(11, 12, 1)]);
+        assert!(
+            g.tick(t + 499 * MS, &written).asks.is_empty(),
+            "waits 500 ms"
+        );
+        assert_eq!(asks(&g.tick(t + 500 * MS, &written)), [(11, 12, 2)]);
+        assert!(g.tick(t + 1499 * MS, &written).asks.is_empty(), "waits 1 s");
+        assert_eq!(asks(&g.tick(t + 1500 * MS, &written)), [(11, 12, 3)]);
+        let out = g.tick(t + 2500 * MS, &written);
+        assert!(out.asks.is_empty());
+        assert_eq!(
+            out.losses,
+            [Loss {
+                sensor_id: "s".to_owned(),
+                epoch: 1,
+                from: 11,
+                to: 12,
+                reason: LossReason::Unanswered
+            }]
+        );
+        let report = g.report(t + 2500 * MS);
+        assert_eq!((report.missing, report.pending, report.lost), (0, 0, 2));
+        assert!(
+            g.tick(t + 9000 * MS, &written).losses.is_empty(),
+            "reported once"
+        );
+    }
+
+    #[test]
+    fn what_arrives_leaves_the_gap_and_the_rest_keeps_its_state() {
+        let t0 = Instant::now();
+        let mut g = Gaps::new(settings());
+        g.tick(t0, &seen((1..=10).chain([30])));
+        let t = t0 + 1000 * MS;
+        assert_eq!(asks(&g.tick(t, &seen((1..=10).chain([30])))), [(11, 29, 1)]);
+        // 15..=20 arrive; the rest is asked for again together (holes of 2 are coalesced, 6
+        // are not) with its attempt count.
+        let now = seen((1..=10).chain(15..=20).chain([30]));
+        assert!(g.tick(t + 100 * MS, &now).asks.is_empty());
+        assert_eq!(
+            asks(&g.tick(t + 500 * MS, &now)),
+            [(11, 14, 2), (21, 29, 2)]
+        );
+        let now = seen((1..=10).chain(13..=20).chain([30]));
+        assert_eq!(
+            asks(&g.tick(t + 1500 * MS, &now)),
+            [(11, 12, 3), (21, 29, 3)]
+        );
+    }
+
+    #[test]
+    fn new_missing_seqs_next_to_an_asked_gap_are_asked_for_at_once() {
+        let t0 = Instant::now();
+        let mut g = Gaps::new(GapSettings {
+            backoff: 2000 * MS,
+            backoff_max: 4000 * MS,
+            ..settings()
+        });
+        let written = seen(1..=10);
+        g.on_status("s", 1, 20, false);
+        g.tick(t0, &written);
+        assert_eq!(asks(&g.tick(t0 + 1000 * MS, &written)), [(11, 20, 1)]);
+        g.on_status("s", 1, 30, false);
+        g.tick(t0 + 1100 * MS, &written);
+        // 21..=30 are new and due a grace period later; 11..=20 still wait for their backoff.
+        // The two are adjacent but asked for separately, each with its own attempt.
+        assert_eq!(asks(&g.tick(t0 + 2100 * MS, &written)), [(21, 30, 1)]);
+    }
+
+    #[test]
+    fn unavailable_ranges_exclude_what_is_written_or_already_lost() {
+        let t0 = Instant::now();
+        let mut g = Gaps::new(settings());
+        let written = seen((1..=10).chain(15..=20).chain([30]));
+        g.tick(t0, &written);
+        g.tick(t0 + 1000 * MS, &written);
+        let lost = g.unavailable("s", 1, 5, 25, &written);
+        assert_eq!(lost, [(11, 14), (21, 25)]);
+        for (a, b) in &lost {
+            g.mark_lost("s", 1, *a, *b);
+        }
+        assert_eq!(g.unavailable("s", 1, 5, 25, &written), []);
+        // Only 26..=29 is still asked for.
+        assert_eq!(asks(&g.tick(t0 + 1500 * MS, &written)), [(26, 29, 2)]);
+        assert_eq!(g.report(t0).lost, 9);
+        assert_eq!(
+            g.unavailable("x", 9, 1, 2, &written),
+            [(1, 2)],
+            "unknown epoch"
+        );
+    }
+
+    #[test]
+    fn a_lost_reading_that_arrives_after_all_is_recovered() {
+        let t0 = Instant::now();
+        let mut g = Gaps::new(settings());
+        let written = seen((1..=10).chain([20]));
+        g.mark_lost("s", 1, 11, 19);
+        assert!(g.tick(t0, &written).recovered.is_empty());
+        let later = seen((1..=10).chain([12, 13, 20]));
+        let out = g.tick(t0 + 100 * MS, &later);
+        assert_eq!(
+            out.recovered
+                .iter()
+                .map(|l| (l.from, l.to, l.reason))
+                .collect::<Vec<_>>(),
+            [(12, 13, LossReason::Recovered)]
+        );
+        assert_eq!(g.report(t0).lost, 7);
+        assert!(g.tick(t0 + 200 * MS, &later).recovered.is_empty(), "once");
+        assert_eq!(g.unmark_lost("s", 1, 11, 11), 1);
+        assert_eq!(g.report(t0).lost, 6);
+    }
+
+    #[test]
+    fn a_failed_publish_is_not_an_attempt() {
+        let t0 = Instant::now();
+        let mut g = Gaps::new(settings());
+        let written = seen((1..=10).chain([20]));
+        g.tick(t0, &written);
+        let out = g.tick(t0 + 1000 * MS, &written);
+        g.ask_failed(&out.asks[0], t0 + 1000 * MS);
+        assert_eq!(asks(&g.tick(t0 + 1500 * MS, &written)), [(11, 19, 1)]);
+    }
+
+    #[test]
+    fn coalescing_and_splitting() {
+        assert_eq!(
+            coalesce(vec![(1, 2, 1), (5, 6, 2), (10, 10, 1)], 2, 100),
+            [(1, 6, 2), (10, 10, 1)]
+        );
+        assert_eq!(
+            coalesce(vec![(1, 250, 1)], 0, 100),
+            [(1, 100, 1), (101, 200, 1), (201, 250, 1)]
+        );
+        assert_eq!(
+            coalesce(vec![(1, 60, 1), (61, 120, 1)], 5, 100),
+            [(1, 60, 1), (61, 120, 1)]
+        );
+    }
+}
