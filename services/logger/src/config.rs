@@ -162,6 +162,11 @@ pub struct Flags {
     /// beside --output; none with stdout]
     #[arg(long, value_name = "PATH")]
     pub lost_output: Option<PathBuf>,
+
+    /// Fault injection (tests): wait this long between writing a batch and finishing its
+    /// messages, so that a crash lands between the two [default: 0s]
+    #[arg(long, value_name = "DURATION")]
+    pub fin_delay: Option<String>,
 }
 
 /// The logger's configuration, as loaded and as printed by `--print-config`.
@@ -207,6 +212,8 @@ pub struct Config {
     pub replay_backoff: String,
     /// Loss list file (`None`: beside `output`, or none with stdout).
     pub lost_output: Option<PathBuf>,
+    /// Fault injection: pause between a batch's write and its FINs (a duration).
+    pub fin_delay: String,
     /// Address of the HTTP port.
     pub http_address: String,
     /// Log format.
@@ -238,6 +245,7 @@ impl Default for Config {
             replay_max_attempts: 5,
             replay_backoff: "2s".to_owned(),
             lost_output: None,
+            fin_delay: "0s".to_owned(),
             http_address: DEFAULT_HTTP_ADDRESS.to_owned(),
             log_format: LogFormat::Text,
             log_level: "info".to_owned(),
@@ -282,6 +290,8 @@ pub struct Settings {
     pub replay_nsqd_tcp_address: String,
     /// Loss list file (`None`: losses are only logged, counted and shown).
     pub lost_output: Option<PathBuf>,
+    /// Fault injection: pause between a batch's write and its FINs (zero: none).
+    pub fin_delay: Duration,
     /// HTTP listen address (`host:port`, port 0 allowed).
     pub http_address: String,
 }
@@ -409,6 +419,7 @@ impl Config {
             replay_unavailable_topic: self.replay_unavailable_topic.clone(),
             replay_nsqd_tcp_address: replay_nsqd,
             lost_output,
+            fin_delay: duration("--fin-delay", &self.fin_delay)?,
             http_address: http.to_string(),
         })
     }
@@ -621,6 +632,7 @@ mod tests {
                 "invalid `--replay-max-attempts`",
             ),
             (&["--replay-backoff", "0s"], "invalid `--replay-backoff`"),
+            (&["--fin-delay", "x"], "invalid `--fin-delay`"),
             (
                 &["--replay-nsqd-tcp-address", "x"],
                 "`--replay-nsqd-tcp-address` 'x'",

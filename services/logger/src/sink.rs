@@ -198,6 +198,11 @@ impl Sink {
         match written {
             Ok(()) => {
                 self.writable.store(true, Ordering::Relaxed);
+                if !self.settings.fin_delay.is_zero() {
+                    // Fault injection (--fin-delay): the lines are in the output, their
+                    // messages not yet finished.
+                    tokio::time::sleep(self.settings.fin_delay).await;
+                }
                 let lines = fresh.len() as u64;
                 let mut per_worker: HashMap<String, u64> = HashMap::new();
                 for f in fresh {
