@@ -19,8 +19,8 @@ use suite_common::{
 /// Prefix of the sensor's environment variables (`SENSOR_TOPIC`, ...).
 pub const ENV_PREFIX: &str = "SENSOR";
 
-/// Keys whose environment value is a comma-separated list (none for the sensor).
-pub const LIST_KEYS: &[&str] = &[];
+/// Keys whose environment value is a comma-separated list.
+pub const LIST_KEYS: &[&str] = &["lookupd_http_address"];
 
 /// Default `--http-address` (NSQ's own daemons use 415x/416x/417x; the suite uses 419x).
 pub const DEFAULT_HTTP_ADDRESS: &str = "127.0.0.1:4190";
@@ -103,6 +103,31 @@ pub struct Flags {
     /// How long a stopping sensor tries to publish what is still in its outbox [default: 5s]
     #[arg(long, value_name = "DURATION")]
     pub flush_timeout: Option<String>,
+
+    /// nsqlookupd HTTP address (host:port or http://host:port) to find the nsqd carrying
+    /// replay requests; repeatable [default: none: read them from --nsqd-tcp-address]
+    #[arg(long, value_name = "ADDR")]
+    pub lookupd_http_address: Vec<String>,
+
+    /// How often nsqlookupd is asked for new nsqd [default: 5s]
+    #[arg(long, value_name = "DURATION")]
+    pub lookupd_poll_interval: Option<String>,
+
+    /// Topic of the loggers' ReplayRequests, consumed on an ephemeral channel of this sensor
+    /// epoch [default: sensor_replay]
+    #[arg(long, value_name = "TOPIC")]
+    pub replay_topic: Option<String>,
+
+    /// Topic of the answers for ranges no longer in the history [default:
+    /// sensor_replay_unavailable]
+    #[arg(long, value_name = "TOPIC")]
+    pub replay_unavailable_topic: Option<String>,
+
+    /// With --count: after the last reading is confirmed, keep answering replay requests
+    /// and announcing the status this long before exiting (SIGTERM ends it sooner)
+    /// [default: 0s]
+    #[arg(long, value_name = "DURATION")]
+    pub linger: Option<String>,
 }
 
 /// The sensor's configuration, as loaded and as printed by `--print-config`.
@@ -131,6 +156,16 @@ pub struct Config {
     pub status_interval: String,
     /// Bounded wait for the outbox to drain at shutdown (a duration such as `5s`).
     pub flush_timeout: String,
+    /// nsqlookupd HTTP addresses used to find the replay requests (empty: `nsqd_tcp_address`).
+    pub lookupd_http_address: Vec<String>,
+    /// Period of the nsqlookupd queries (a duration such as `5s`).
+    pub lookupd_poll_interval: String,
+    /// Topic of the replay requests.
+    pub replay_topic: String,
+    /// Topic of the "unavailable" answers.
+    pub replay_unavailable_topic: String,
+    /// With `count`: how long to keep serving replays after the last reading (a duration).
+    pub linger: String,
     /// Address of the HTTP port (`/health`, `/ready`, `/metrics`, `/readings`).
     pub http_address: String,
     /// Log format.
@@ -153,6 +188,11 @@ impl Default for Config {
             history: 100_000,
             status_interval: "1s".to_owned(),
             flush_timeout: "5s".to_owned(),
+            lookupd_http_address: Vec::new(),
+            lookupd_poll_interval: "5s".to_owned(),
+            replay_topic: messages::REPLAY_TOPIC.to_owned(),
+            replay_unavailable_topic: messages::REPLAY_UNAVAILABLE_TOPIC.to_owned(),
+            linger: "0s".to_owned(),
             http_address: DEFAULT_HTTP_ADDRESS.to_owned(),
             log_format: LogFormat::Text,
             log_level: "info".to_owned(),
@@ -185,6 +225,17 @@ pub struct Settings {
     pub status_interval: Duration,
     /// Bounded wait for the outbox at shutdown.
     pub flush_timeout: Duration,
+    /// nsqlookupd base URLs (`http://host:port`) for the replay requests; empty: read them
+    /// from `nsqd_tcp_address`.
+    pub lookupd_http_addresses: Vec<String>,
+    /// Period of the nsqlookupd queries.
+    pub lookupd_poll_interval: Duration,
+    /// Topic of the replay requests (a valid NSQ topic name).
+    pub replay_topic: String,
+    /// Topic of the "unavailable" answers (a valid NSQ topic name).
+    pub replay_unavailable_topic: String,
+    /// With `count`: how long to keep serving replays after the last reading.
+    pub linger: Duration,
     /// HTTP listen address (`host:port`, port 0 allowed).
     pub http_address: String,
 }
@@ -196,6 +247,19 @@ impl Config {
         let http = suite_common::addr::listen_address("--http-address", &self.http_address)?;
         topic_name("--topic", &self.topic)?;
         topic_name("--status-topic", &self.status_topic)?;
+        topic_name("--replay-topic", &self.replay_topic)?;
+        topic_name("--replay-unavailable-topic", &self.replay_unavailable_topic)?;
+        let lookupd =
+            suite_common::addr::lookupd_urls("--lookupd-http-address", &self.lookupd_http_address)?;
+        let lookupd_poll_interval =
+            duration("--lookupd-poll-interval", &self.lookupd_poll_interval)?;
+        if lookupd_poll_interval.is_zero() {
+            return Err(ConfigError::value(
+                "--lookupd-poll-interval",
+                "must not be 0",
+            ));
+        }
+        let linger = duration("--linger", &self.linger)?;
         if self.count == Some(0) {
             return Err(ConfigError::value(
                 "--count",
@@ -231,6 +295,11 @@ impl Config {
             history: self.history,
             status_interval,
             flush_timeout: duration("--flush-timeout", &self.flush_timeout)?,
+            lookupd_http_addresses: lookupd,
+            lookupd_poll_interval,
+            replay_topic: self.replay_topic.clone(),
+            replay_unavailable_topic: self.replay_unavailable_topic.clone(),
+            linger,
             http_address: http.to_string(),
         })
     }
@@ -331,6 +400,13 @@ mod tests {
         let settings = config.validate().unwrap();
         assert_eq!(settings.status_interval, Duration::from_secs(1));
         assert_eq!(settings.http_address, DEFAULT_HTTP_ADDRESS);
+        assert!(settings.lookupd_http_addresses.is_empty());
+        assert_eq!(settings.replay_topic, "sensor_replay");
+        assert_eq!(
+            settings.replay_unavailable_topic,
+            "sensor_replay_unavailable"
+        );
+        assert_eq!(settings.linger, Duration::ZERO);
     }
 
     #[test]
@@ -366,12 +442,48 @@ mod tests {
                 "invalid `--flush-timeout`",
             ),
             (&["--sensor-id", " "], "invalid `--sensor-id`"),
+            (&["--replay-topic", "a b"], "invalid `--replay-topic`"),
+            (
+                &["--replay-unavailable-topic", "a/b"],
+                "invalid `--replay-unavailable-topic`",
+            ),
+            (&["--linger", "long"], "invalid `--linger`"),
+            (
+                &["--lookupd-poll-interval", "0s"],
+                "invalid `--lookupd-poll-interval`",
+            ),
+            (
+                &["--lookupd-http-address", "http://"],
+                "lookupd-http-address",
+            ),
         ];
         for (args, expected) in cases {
             let config = cli(args).load_config_with_env(&env(&[])).unwrap();
             let err = config.validate().unwrap_err().to_string();
             assert!(err.contains(expected), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn replay_sources() {
+        let config = cli(&[
+            "--lookupd-http-address",
+            "l1:4161",
+            "--lookupd-http-address=http://l2:4161",
+            "--linger=1m",
+        ])
+        .load_config_with_env(&env(&[]))
+        .unwrap();
+        let settings = config.validate().unwrap();
+        assert_eq!(
+            settings.lookupd_http_addresses,
+            ["http://l1:4161", "http://l2:4161"]
+        );
+        assert_eq!(settings.linger, Duration::from_secs(60));
+        let config = cli(&[])
+            .load_config_with_env(&env(&[("SENSOR_LOOKUPD_HTTP_ADDRESS", "a:1,b:2")]))
+            .unwrap();
+        assert_eq!(config.lookupd_http_address, ["a:1", "b:2"]);
     }
 
     #[test]

@@ -30,6 +30,7 @@ use bytes::Bytes;
 use messages::{SensorReading, SensorStatus, SCHEMA_VERSION};
 use nsq::{Producer, PublishError};
 use rand::{rngs::StdRng, Rng as _, SeedableRng as _};
+use suite_common::shutdown::CancellationToken;
 use tokio::{
     task::{self, JoinError, JoinSet},
     time::Instant,
@@ -140,6 +141,9 @@ pub(crate) struct Engine {
     drop_warnings: LogLimiter,
     /// Keeps "publish failed" warnings to one a second.
     failure_warnings: LogLimiter,
+    /// Cancelled when the loop is over, before the final status and the producer's close:
+    /// what else publishes with the producer (the replay responder) stops there.
+    finishing: CancellationToken,
 }
 
 impl Engine {
@@ -150,6 +154,7 @@ impl Engine {
         producer: Producer,
         history: Arc<Mutex<History>>,
         confirmed_seq: Arc<AtomicU64>,
+        finishing: CancellationToken,
     ) -> Self {
         let outbox = Outbox::new(settings.outbox_size);
         Self {
@@ -170,11 +175,13 @@ impl Engine {
             rng: StdRng::from_rng(&mut rand::rng()),
             drop_warnings: LogLimiter::default(),
             failure_warnings: LogLimiter::default(),
+            finishing,
         }
     }
 
-    /// Runs until `--count` is reached or `shutdown` resolves and the outbox is flushed (or
-    /// the flush timeout passes); then announces the final status and closes the producer.
+    /// Runs until `--count` is reached (and `--linger` has passed) or `shutdown` resolves
+    /// and the outbox is flushed (or the flush timeout passes); then announces the final
+    /// status and closes the producer.
     pub(crate) async fn run<F>(mut self, shutdown: F) -> anyhow::Result<Report>
     where
         F: Future<Output = ()>,
@@ -185,9 +192,25 @@ impl Engine {
             self.epoch,
             Arc::clone(&self.confirmed_seq),
         ));
-        let reason = self.run_loop(shutdown).await;
+        tokio::pin!(shutdown);
+        let reason = self.run_loop(shutdown.as_mut()).await;
+        let linger = self.settings.linger;
+        if matches!(reason, Ok(StopReason::CountReached)) && !linger.is_zero() {
+            // CountReached means the shutdown future has not resolved yet.
+            tracing::info!(
+                taken = self.last_seq,
+                linger = ?linger,
+                "all readings confirmed: still answering replay requests and announcing the \
+                 status until SIGTERM or the end of --linger"
+            );
+            tokio::select! {
+                () = shutdown.as_mut() => {}
+                () = tokio::time::sleep(linger) => {}
+            }
+        }
         // The final announcement is the engine's own: no periodic one may follow it.
         announcer.abort();
+        self.finishing.cancel();
         self.finish(reason?).await
     }
 

@@ -29,6 +29,18 @@ pub struct Lookup {
     pub unavailable: Vec<SeqRange>,
 }
 
+/// What the history can give of a replay request's range.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Replay {
+    /// The readings held, in seq order.
+    pub readings: Vec<SensorReading>,
+    /// The part taken but no longer held (evicted): these readings are lost if the
+    /// requester does not have them.
+    pub evicted: Option<SeqRange>,
+    /// The part not taken yet: nothing is lost there.
+    pub not_taken: Option<SeqRange>,
+}
+
 /// The most recent readings of one epoch, oldest first.
 #[derive(Debug, Clone)]
 pub struct History {
@@ -36,6 +48,8 @@ pub struct History {
     capacity: usize,
     /// The readings, with contiguous increasing seqs.
     readings: VecDeque<SensorReading>,
+    /// Seq of the newest reading pushed, held or not (0 before the first).
+    last_seq: u64,
 }
 
 impl History {
@@ -44,6 +58,7 @@ impl History {
         Self {
             capacity,
             readings: VecDeque::with_capacity(capacity.min(4096)),
+            last_seq: 0,
         }
     }
 
@@ -52,6 +67,7 @@ impl History {
     /// Its seq must follow the newest one held (the sensor takes readings in seq order); a
     /// reading that does not restarts the history, which keeps the seqs contiguous.
     pub fn push(&mut self, reading: SensorReading) {
+        self.last_seq = reading.seq;
         if self.capacity == 0 {
             return;
         }
@@ -92,6 +108,45 @@ impl History {
         let oldest = self.oldest_seq()?;
         let index = usize::try_from(seq.checked_sub(oldest)?).ok()?;
         self.readings.get(index)
+    }
+
+    /// Seq of the newest reading pushed, whether still held or not (0 before the first).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// What a replay of `from..=to` can send: the readings held, the part evicted (lost
+    /// unless the requester has it) and the part not taken yet. Seq 0 is never taken.
+    pub fn replay(&self, from: u64, to: u64) -> Replay {
+        let mut replay = Replay::default();
+        let from = from.max(1);
+        if from > to {
+            return replay;
+        }
+        if to > self.last_seq {
+            replay.not_taken = Some(SeqRange {
+                from: from.max(self.last_seq + 1),
+                to,
+            });
+        }
+        let taken_to = to.min(self.last_seq);
+        if from > taken_to {
+            return replay;
+        }
+        let oldest = self.oldest_seq().unwrap_or(self.last_seq + 1);
+        if from < oldest {
+            replay.evicted = Some(SeqRange {
+                from,
+                to: taken_to.min(oldest - 1),
+            });
+        }
+        let start = from.max(oldest);
+        if start <= taken_to {
+            replay
+                .readings
+                .extend((start..=taken_to).filter_map(|seq| self.get(seq)).cloned());
+        }
+        replay
     }
 
     /// The readings `from..=to` that are held, and the parts that are not.
@@ -188,6 +243,44 @@ mod tests {
         h.push(reading(1));
         assert!(h.is_empty());
         assert_eq!(h.range(1, 1).unavailable, [SeqRange { from: 1, to: 1 }]);
+    }
+
+    #[test]
+    fn replay_tells_evicted_from_not_yet_taken() {
+        let mut h = History::new(3);
+        for seq in 1..=5 {
+            h.push(reading(seq));
+        }
+        assert_eq!(h.last_seq(), 5);
+        let r = h.replay(1, 7);
+        assert_eq!(
+            r.readings.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [3, 4, 5]
+        );
+        assert_eq!(r.evicted, Some(SeqRange { from: 1, to: 2 }));
+        assert_eq!(r.not_taken, Some(SeqRange { from: 6, to: 7 }));
+        let r = h.replay(4, 5);
+        assert_eq!((r.readings.len(), r.evicted, r.not_taken), (2, None, None));
+        let r = h.replay(0, 1);
+        assert_eq!(
+            (r.readings.len(), r.evicted),
+            (0, Some(SeqRange { from: 1, to: 1 }))
+        );
+        let r = h.replay(9, 9);
+        assert_eq!((r.readings.len(), r.evicted), (0, None));
+        assert_eq!(r.not_taken, Some(SeqRange { from: 9, to: 9 }));
+        assert_eq!(h.replay(5, 4), Replay::default());
+    }
+
+    #[test]
+    fn replay_without_history_evicts_everything_taken() {
+        let mut h = History::new(0);
+        h.push(reading(1));
+        h.push(reading(2));
+        let r = h.replay(1, 3);
+        assert!(r.readings.is_empty());
+        assert_eq!(r.evicted, Some(SeqRange { from: 1, to: 2 }));
+        assert_eq!(r.not_taken, Some(SeqRange { from: 3, to: 3 }));
     }
 
     #[test]

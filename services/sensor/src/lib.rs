@@ -21,8 +21,15 @@
 //! the highest seq nsqd confirmed; the final one carries the last seq taken, so that readings
 //! that could not be flushed are visibly missing rather than silently absent.
 //!
+//! It answers the loggers' [`messages::ReplayRequest`]s ([`replay`]): on its own ephemeral
+//! channel of `--replay-topic` it receives every request, and re-publishes the readings of its
+//! epoch that the history still holds, unchanged, to `--topic`; for those no longer held it
+//! publishes a [`messages::ReplayUnavailable`], so that the logger reports them lost instead
+//! of asking forever.
+//!
 //! With `--count N` the sensor stops once all N readings are confirmed (exit 0), or fails
-//! (exit 1) if some could not be. On SIGTERM/SIGINT it stops taking readings, flushes the
+//! (exit 1) if some could not be; with `--linger` it first keeps answering replay requests
+//! for that long (or until SIGTERM). On SIGTERM/SIGINT it stops taking readings, flushes the
 //! outbox for at most `--flush-timeout`, reports what it could not flush, and exits 0.
 //!
 //! # Modules
@@ -31,6 +38,7 @@
 //!   [`Settings`](config::Settings);
 //! * [`startup`]: [`Application::build`] and [`Application::run_until_stopped`];
 //! * [`engine`]: the loop that takes, publishes and retries, and its [`Report`];
+//! * [`replay`]: answering replay requests from the history;
 //! * [`outbox`], [`history`], [`pacer`]: the data structures it uses, free of I/O;
 //! * [`http`]: `GET /readings`; the common `/health`, `/ready` and `/metrics` come from
 //!   `suite_common`;
@@ -62,6 +70,7 @@ pub mod http;
 pub mod metrics;
 pub mod outbox;
 pub mod pacer;
+pub mod replay;
 pub mod startup;
 
 pub use config::{Cli, Config};

@@ -67,3 +67,38 @@ pub fn register(topic: &str, status_topic: &str) {
     metrics::gauge!(OUTBOX_READINGS).set(0.0);
     metrics::gauge!(PUBLISH_IN_FLIGHT).set(0.0);
 }
+
+/// Counter: replay requests received for this sensor (its id, this or an older epoch).
+pub const REPLAY_REQUESTS: &str = "nsq_suite_replay_requests_received_total";
+/// Counter: readings re-published to answer replay requests.
+pub const REPLAYED_READINGS: &str = "nsq_suite_replayed_readings_total";
+/// Counter: readings asked for that the history no longer holds (answered unavailable).
+pub const REPLAY_UNAVAILABLE: &str = "nsq_suite_replay_unavailable_readings_total";
+/// Counter: replay requests that could not be answered now (requeued).
+pub const REPLAY_FAILURES: &str = "nsq_suite_replay_failures_total";
+
+/// Registers the help text of the replay metrics and creates them at zero.
+pub fn describe_replay() {
+    use metrics::describe_counter;
+    describe_counter!(REPLAY_REQUESTS, "Replay requests received for this sensor");
+    describe_counter!(
+        REPLAYED_READINGS,
+        "Readings re-published to answer replay requests"
+    );
+    describe_counter!(
+        REPLAY_UNAVAILABLE,
+        "Readings asked for that the history no longer holds (answered unavailable)"
+    );
+    describe_counter!(
+        REPLAY_FAILURES,
+        "Replay requests that could not be answered now (requeued)"
+    );
+    for name in [
+        REPLAY_REQUESTS,
+        REPLAYED_READINGS,
+        REPLAY_UNAVAILABLE,
+        REPLAY_FAILURES,
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+}

@@ -27,6 +27,7 @@ use crate::{
     history::History,
     http::{router, ReadingsState},
     metrics as m,
+    replay::Responder,
 };
 
 /// Name of the service, in `/health`, in the metrics' `service` label and in nsqadmin.
@@ -155,14 +156,28 @@ impl Application {
             self.settings.nsqd_tcp_address.clone(),
         ));
 
+        let finishing = CancellationToken::new();
+        let responder = Responder::start(
+            Arc::clone(&self.settings),
+            self.epoch,
+            Arc::clone(&self.history),
+            self.producer.clone(),
+            connection_config(&self.settings.sensor_id),
+        )?;
+        let responder_task = tokio::spawn(responder.run(finishing.clone()));
         let engine = Engine::new(
             Arc::clone(&self.settings),
             self.epoch,
             self.producer.clone(),
             Arc::clone(&self.history),
             Arc::new(AtomicU64::new(0)),
+            finishing.clone(),
         );
         let result = engine.run(shutdown).await;
+        finishing.cancel();
+        if let Err(e) = responder_task.await {
+            tracing::warn!(error = %e, "the replay responder failed");
+        }
 
         readiness_task.abort();
         self.readiness.set_not_ready("stopped");

@@ -384,3 +384,136 @@ fn healthcheck_fails_when_nothing_listens() {
     );
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[tokio::test]
+async fn answers_replay_requests_from_its_history() {
+    init_logs();
+    let nsqd = Nsqd::start().await;
+    for (topic, channel) in [
+        ("sensor_data", "check"),
+        ("sensor_replay_unavailable", "check"),
+    ] {
+        nsqd.create_channel(topic, channel).await;
+    }
+    const N: u64 = 100;
+
+    // 100 readings, a history of the last 50; then the sensor lingers, answering requests.
+    let app = Application::build(Config {
+        count: Some(N),
+        rate: 0,
+        history: 50,
+        linger: "1m".to_owned(),
+        ..config(&nsqd.tcp_address())
+    })
+    .await
+    .unwrap();
+    let epoch = app.epoch();
+    let base = format!("http://{}", app.http_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let channel = sensor::replay::channel_name(SENSOR_ID, epoch);
+    wait_until(
+        "the sensor listens on its replay channel",
+        Duration::from_secs(10),
+        || async {
+            nsqd.channel_stats("sensor_replay", &channel)
+                .await
+                .is_some()
+        },
+    )
+    .await;
+    wait_until("N readings published", Duration::from_secs(10), || async {
+        message_count(&nsqd, "sensor_data", "check").await >= N
+    })
+    .await;
+
+    let producer =
+        nsq::Producer::connect(&nsqd.tcp_address(), nsq::ProducerConfig::default()).unwrap();
+    let request = |sensor_id: &str, epoch: u64, from_seq: u64, to_seq: u64| {
+        messages::ReplayRequest {
+            schema: messages::SCHEMA_VERSION,
+            sensor_id: sensor_id.to_owned(),
+            epoch,
+            from_seq,
+            to_seq,
+            requested_by: "test".to_owned(),
+            requested_at: 1,
+        }
+        .encode()
+        .unwrap()
+    };
+    // Another sensor's request is not this sensor's business; a request reaching past the
+    // last reading only gets what exists.
+    producer
+        .publish("sensor_replay", request("other", epoch, 1, 100))
+        .await
+        .unwrap();
+    producer
+        .publish("sensor_replay", request(SENSOR_ID, epoch, 40, 120))
+        .await
+        .unwrap();
+    // An older epoch of this sensor is gone with its process.
+    producer
+        .publish("sensor_replay", request(SENSOR_ID, epoch - 1, 1, 5))
+        .await
+        .unwrap();
+
+    // 51..=100 again, unchanged; 40..=50 answered unavailable; nothing for 101..=120.
+    let readings = consume(&nsqd, "sensor_data", "check", (N + 50) as usize, |b| {
+        SensorReading::decode(b).unwrap()
+    })
+    .await;
+    let mut by_seq: std::collections::BTreeMap<u64, Vec<&SensorReading>> = Default::default();
+    for r in &readings {
+        by_seq.entry(r.seq).or_default().push(r);
+    }
+    assert_eq!(by_seq.len() as u64, N);
+    let twice: Vec<u64> = by_seq
+        .iter()
+        .filter(|(_, rs)| rs.len() == 2)
+        .map(|(seq, _)| *seq)
+        .collect();
+    assert_eq!(
+        twice,
+        (51..=N).collect::<Vec<_>>(),
+        "51..=100 replayed once"
+    );
+    assert!(
+        by_seq.values().all(|rs| rs.iter().all(|r| *r == rs[0])),
+        "a replayed reading is the original: same seq, same taken_at, same values"
+    );
+    let mut answers = consume(&nsqd, "sensor_replay_unavailable", "check", 2, |b| {
+        messages::ReplayUnavailable::decode(b).unwrap()
+    })
+    .await;
+    answers.sort_by_key(|a| a.epoch);
+    assert_eq!(
+        answers
+            .iter()
+            .map(|a| (a.sensor_id.as_str(), a.epoch, a.from_seq, a.to_seq))
+            .collect::<Vec<_>>(),
+        [(SENSOR_ID, epoch - 1, 1, 5), (SENSOR_ID, epoch, 40, 50)]
+    );
+    assert_eq!(message_count(&nsqd, "sensor_data", "check").await, N + 50);
+
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "nsq_suite_replay_requests_received_total{",
+        "nsq_suite_replayed_readings_total{",
+        "nsq_suite_replay_unavailable_readings_total{",
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing:\n{metrics}");
+    }
+
+    stop.send(()).unwrap();
+    let report = run.await.unwrap().unwrap();
+    assert_eq!(report.reason, StopReason::CountReached);
+    producer.close().await;
+}
