@@ -137,6 +137,15 @@ pub struct Flags {
     /// What happens to stale readings [default: flag]
     #[arg(long, value_enum, value_name = "POLICY")]
     pub stale_policy: Option<StalePolicy>,
+
+    /// Fault injection (tests): every N-th first delivery this worker gets is handled
+    /// --slow-ms slower, e.g. past nsqd's --msg-timeout; 0 turns it off [default: 0]
+    #[arg(long, value_name = "N")]
+    pub slow_every: Option<u64>,
+
+    /// Fault injection (tests): the extra time of a slow message, in milliseconds [default: 0]
+    #[arg(long, value_name = "MS")]
+    pub slow_ms: Option<u64>,
 }
 
 /// The worker's configuration, as loaded and as printed by `--print-config`.
@@ -171,6 +180,10 @@ pub struct Config {
     pub max_age: Option<String>,
     /// What happens to stale readings.
     pub stale_policy: StalePolicy,
+    /// Fault injection: every N-th first delivery is slow (0: never).
+    pub slow_every: u64,
+    /// Fault injection: extra time of a slow message, in milliseconds.
+    pub slow_ms: u64,
     /// Address of the HTTP port.
     pub http_address: String,
     /// Log format.
@@ -198,6 +211,8 @@ impl Default for Config {
             dead_letter_topic: None,
             max_age: None,
             stale_policy: StalePolicy::default(),
+            slow_every: 0,
+            slow_ms: 0,
             http_address: DEFAULT_HTTP_ADDRESS.to_owned(),
             log_format: LogFormat::Text,
             log_level: "info".to_owned(),
@@ -236,6 +251,10 @@ pub struct Settings {
     pub max_age: Option<Duration>,
     /// What happens to stale readings.
     pub stale_policy: StalePolicy,
+    /// Fault injection: every N-th first delivery is handled `slow` slower (0: never).
+    pub slow_every: u64,
+    /// Fault injection: the extra time of a slow message.
+    pub slow: Duration,
     /// HTTP listen address (`host:port`, port 0 allowed).
     pub http_address: String,
 }
@@ -319,6 +338,8 @@ impl Config {
             dead_letter_topic,
             max_age,
             stale_policy: self.stale_policy,
+            slow_every: self.slow_every,
+            slow: Duration::from_millis(self.slow_ms),
             http_address: http.to_string(),
         })
     }
@@ -458,6 +479,22 @@ mod tests {
             .validate()
             .unwrap();
         assert_eq!(s.nsqd_tcp_addresses, ["c:1"], "flags replace the env list");
+    }
+
+    #[test]
+    fn slow_knob_is_off_by_default() {
+        let s = settings(&["--nsqd-tcp-address", "a:1"]).unwrap();
+        assert_eq!((s.slow_every, s.slow), (0, Duration::ZERO));
+        let s = settings(&[
+            "--nsqd-tcp-address",
+            "a:1",
+            "--slow-every",
+            "50",
+            "--slow-ms",
+            "1500",
+        ])
+        .unwrap();
+        assert_eq!((s.slow_every, s.slow), (50, Duration::from_millis(1500)));
     }
 
     #[test]

@@ -15,7 +15,13 @@
 //! and, once the body is decoded, the reading's `sensor_id`, `epoch` and `seq`: every log
 //! line about a message says which reading and which delivery it is about.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Instant,
+};
 
 use messages::SensorReading;
 use nsq::{Message, Producer};
@@ -69,12 +75,33 @@ pub struct Handler {
     settings: Arc<Settings>,
     /// Publishes results and dead letters to `--destination-nsqd-tcp-address`.
     producer: Producer,
+    /// First deliveries seen, for the `--slow-every` fault injection.
+    first_deliveries: Arc<AtomicU64>,
 }
 
 impl Handler {
     /// A handler publishing with `producer`.
     pub fn new(settings: Arc<Settings>, producer: Producer) -> Self {
-        Self { settings, producer }
+        Self {
+            settings,
+            producer,
+            first_deliveries: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The `--slow-every`/`--slow-ms` fault injection: every N-th first delivery waits
+    /// `--slow-ms` before being handled (for example past nsqd's `--msg-timeout`, so that nsqd
+    /// delivers it again elsewhere and both deliveries publish a result).
+    async fn maybe_slow(&self, msg: &Message) {
+        let s = &*self.settings;
+        if s.slow_every == 0 || s.slow.is_zero() || msg.attempts() != 1 {
+            return;
+        }
+        let n = self.first_deliveries.fetch_add(1, Ordering::Relaxed) + 1;
+        if n % s.slow_every == 0 {
+            tracing::debug!(slow = ?s.slow, "fault injection (--slow-every): handling slowly");
+            tokio::time::sleep(s.slow).await;
+        }
     }
 
     /// Handles one message to its end: it is finished or requeued when this returns.
@@ -155,6 +182,7 @@ impl Handler {
             }
         };
 
+        self.maybe_slow(&msg).await;
         if !s.work.is_zero() {
             tokio::time::sleep(s.work).await;
         }
