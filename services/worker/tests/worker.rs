@@ -281,11 +281,13 @@ async fn over_max_attempts_is_dead_lettered_with_the_reason() {
     })
     .await;
     assert_eq!(letters[0].original, body);
-    assert_eq!(letters[0].attempts, 2);
+    // The other consumer may have got it more than once before it closed.
+    let attempts = letters[0].attempts;
+    assert!(attempts >= 2, "{attempts}");
     assert!(
-        letters[0]
-            .error
-            .contains("gave up after 2 delivery attempts (--max-attempts 1)"),
+        letters[0].error.contains(&format!(
+            "gave up after {attempts} delivery attempts (--max-attempts 1)"
+        )),
         "{}",
         letters[0].error
     );
