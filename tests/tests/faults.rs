@@ -1,0 +1,987 @@
+//! The fault suite: nothing lost, nothing doubled, whatever fails.
+//!
+//! Each test runs the real binaries against real NSQ v1.3.0 daemons: a sensor at a steady
+//! rate ([`RATE`] readings/s, [`COUNT`] readings), two or three workers and a logger. It
+//! injects one fault while the readings flow, waits (polling, with a deadline) until every
+//! reading is accounted for, stops everything with SIGTERM (each exits 0) and checks the
+//! invariant:
+//!
+//! > every `(sensor_id, epoch, seq)` the sensor produced (`1..=COUNT`) is in the logger's
+//! > output exactly once, or in the logger's loss list — and the loss list is empty unless
+//! > the test deliberately made readings unreplayable.
+//!
+//! Each test prints one `FAULT` line with its figures: produced, logged, duplicates
+//! suppressed, replay requests asked, readings replayed, readings lost, dead-lettered, nsqd
+//! redeliveries, the time from the fault to convergence and the test's wall time.
+//!
+//! The tests run one at a time (a lock): on 2 cores, several pipelines at once would make the
+//! timings, not the code, the subject. Run them with `cargo test -p e2e --test faults`
+//! (`E2E_LOGS=1` echoes the services' logs; `-- --nocapture` shows the figures).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use e2e::*;
+use nsq::{Consumer, ConsumerConfig};
+
+/// Readings per second of the sensor.
+const RATE: u64 = 2_000;
+/// Readings per test (4 s of readings).
+const COUNT: u64 = 8_000;
+/// The sensor id of every test.
+const SENSOR: &str = "s1";
+/// nsqd's `--msg-timeout`: short, so that redeliveries come quickly.
+const MSG_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a test may take to account for every reading after its fault.
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time allowed for a SIGTERM'd process to exit.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One test at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The NSQ daemons and the files of one test.
+struct Env {
+    /// The test's nsqlookupd.
+    lookupd: Nsqlookupd,
+    /// The test's nsqd, once started (test 7 starts it late).
+    nsqd: Option<Nsqd>,
+    /// nsqd's TCP and HTTP ports, chosen before it starts.
+    ports: (u16, u16),
+    /// The logger's output and loss list live here.
+    dir: tempfile::TempDir,
+    /// When the test began.
+    started: Instant,
+}
+
+impl Env {
+    /// nsqlookupd and a prepared nsqd ([`Env::prepare_nsqd`]), running when `running`.
+    async fn start(running: bool) -> Env {
+        let mut env = Env {
+            lookupd: Nsqlookupd::start().await,
+            nsqd: None,
+            ports: (free_port(), free_port()),
+            dir: tempfile::tempdir().unwrap(),
+            started: Instant::now(),
+        };
+        env.prepare_nsqd().await;
+        if running {
+            env.start_nsqd().await;
+        }
+        env
+    }
+
+    /// Creates nsqd's data dir with the topics and channels, then stops nsqd (SIGTERM).
+    ///
+    /// The channels exist before any traffic, so that they get every message. And nsqd,
+    /// started again, knows them from its metadata when its in-flight scan loop starts:
+    /// that loop picks up channels created later only every 5 s, which would delay every
+    /// message timeout by up to 5 s.
+    async fn prepare_nsqd(&mut self) {
+        let mut nsqd = Nsqd::builder()
+            .lookupd(&self.lookupd)
+            .msg_timeout(MSG_TIMEOUT)
+            .ports(self.ports.0, self.ports.1)
+            .start()
+            .await;
+        for (topic, channel) in [
+            ("sensor_data", "worker"),
+            ("results", "logger"),
+            ("sensor_status", "logger"),
+            ("sensor_replay_unavailable", "logger"),
+            ("sensor_data.dead", "inspect"),
+        ] {
+            nsqd.create_channel(topic, channel).await;
+        }
+        // The replay topic gets only ephemeral channels (one per sensor epoch).
+        nsqd_post(&nsqd, "/topic/create", &[("topic", "sensor_replay")]).await;
+        nsqd.terminate();
+        self.nsqd = Some(nsqd);
+    }
+
+    /// Starts the prepared nsqd (default `--mem-queue-size`: messages live in memory).
+    async fn start_nsqd(&mut self) {
+        self.nsqd_mut().restart().await;
+    }
+
+    fn nsqd(&self) -> &Nsqd {
+        self.nsqd.as_ref().expect("nsqd started")
+    }
+
+    fn nsqd_mut(&mut self) -> &mut Nsqd {
+        self.nsqd.as_mut().expect("nsqd started")
+    }
+
+    fn nsqd_tcp(&self) -> String {
+        format!("127.0.0.1:{}", self.ports.0)
+    }
+
+    fn output(&self) -> PathBuf {
+        self.dir.path().join("results.jsonl")
+    }
+
+    fn lost(&self) -> PathBuf {
+        self.dir.path().join("results.lost.jsonl")
+    }
+
+    fn logger(&self, extra: &[String]) -> Service {
+        let mut args = vec![
+            flag("lookupd-http-address", self.lookupd.http_address()),
+            flag("lookupd-poll-interval", "250ms"),
+            flag("output", self.output().display()),
+            flag("replay-nsqd-tcp-address", self.nsqd_tcp()),
+            flag("gap-grace", "1500ms"),
+            flag("replay-backoff", "1s"),
+            flag("replay-max-attempts", 6),
+            flag("logger-id", "logger"),
+        ];
+        args.extend_from_slice(extra);
+        Service::start("logger", &args)
+    }
+
+    fn worker(&self, id: &str, extra: &[String]) -> Service {
+        let mut args = vec![
+            flag("lookupd-http-address", self.lookupd.http_address()),
+            flag("lookupd-poll-interval", "250ms"),
+            flag("destination-nsqd-tcp-address", self.nsqd_tcp()),
+            flag("worker-id", id),
+            flag("max-in-flight", 100),
+        ];
+        args.extend_from_slice(extra);
+        Service::start("worker", &args)
+    }
+
+    /// The sensor: `count` readings at [`RATE`]/s, then it keeps answering replay requests
+    /// (`--linger`) until SIGTERM.
+    fn sensor(&self, count: u64, extra: &[String]) -> Service {
+        let mut args = vec![
+            flag("nsqd-tcp-address", self.nsqd_tcp()),
+            flag("lookupd-http-address", self.lookupd.http_address()),
+            flag("lookupd-poll-interval", "250ms"),
+            flag("sensor-id", SENSOR),
+            flag("count", count),
+            flag("rate", RATE),
+            flag("status-interval", "250ms"),
+            flag("linger", "5m"),
+        ];
+        args.extend_from_slice(extra);
+        Service::start("sensor", &args)
+    }
+
+    /// Logger, `workers` workers (with `worker_args`) and the sensor, all healthy.
+    async fn pipeline(
+        &self,
+        count: u64,
+        workers: usize,
+        worker_args: &[String],
+        sensor_args: &[String],
+    ) -> Pipeline {
+        self.pipeline_with_logger(count, workers, worker_args, sensor_args, &[])
+            .await
+    }
+
+    /// [`Env::pipeline`], with extra flags for the logger.
+    async fn pipeline_with_logger(
+        &self,
+        count: u64,
+        workers: usize,
+        worker_args: &[String],
+        sensor_args: &[String],
+        logger_args: &[String],
+    ) -> Pipeline {
+        let mut logger = self.logger(logger_args);
+        let mut ws: Vec<Service> = (1..=workers)
+            .map(|i| self.worker(&format!("w{i}"), worker_args))
+            .collect();
+        logger.wait_healthy().await;
+        for w in &mut ws {
+            w.wait_healthy().await;
+        }
+        let mut sensor = self.sensor(count, sensor_args);
+        sensor.wait_healthy().await;
+        Pipeline {
+            sensor,
+            workers: ws,
+            logger,
+            figures: Figures::default(),
+        }
+    }
+
+    /// Complete lines in the output so far.
+    fn logged(&self) -> usize {
+        count_lines(&self.output())
+    }
+
+    /// Waits until the output has at least `n` lines.
+    async fn wait_logged(&self, n: usize) {
+        let output = self.output();
+        wait_until(
+            &format!("{n} lines in the output"),
+            CONVERGE_TIMEOUT,
+            || {
+                let lines = count_lines(&output);
+                async move { lines >= n }
+            },
+        )
+        .await;
+    }
+
+    /// Waits until every seq of `1..=count` is in the output or the loss list; returns how
+    /// long that took.
+    async fn converge(&self, count: u64, pipeline: &Pipeline) -> Duration {
+        let started = Instant::now();
+        let (output, lost) = (self.output(), self.lost());
+        let mut last_progress = (0usize, Instant::now());
+        loop {
+            let lines = count_lines(&output);
+            if lines as u64 + lost_count(&lost) >= count {
+                let tally = Tally::read(&output, &lost, count);
+                if tally.missing.is_empty() {
+                    return started.elapsed();
+                }
+            }
+            if lines != last_progress.0 {
+                last_progress = (lines, Instant::now());
+            }
+            if started.elapsed() > CONVERGE_TIMEOUT {
+                let tally = Tally::read(&output, &lost, count);
+                let gaps = http_text(&pipeline.logger.http, "/gaps").await;
+                panic!(
+                    "not converged after {CONVERGE_TIMEOUT:?}: {} of {count} logged, {} lost, \
+                     missing {}\nlogger /gaps: {gaps}\n--- logger log (tail) ---\n{}\n--- sensor log (tail) ---\n{}",
+                    tally.logged.len(),
+                    tally.lost.len(),
+                    ranges(&tally.missing),
+                    tail(&pipeline.logger.logs(), 40),
+                    tail(&pipeline.sensor.logs(), 40),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The services of one test.
+struct Pipeline {
+    sensor: Service,
+    workers: Vec<Service>,
+    logger: Service,
+    /// Counters collected from processes that are gone (killed or restarted).
+    figures: Figures,
+}
+
+impl Pipeline {
+    /// Adds the counters of the logger now running (before it is killed or stopped).
+    async fn collect_logger(&mut self) {
+        let m = metrics(&self.logger.http).await;
+        self.figures.duplicates += sum(&m, "nsq_suite_duplicates_suppressed_total");
+        self.figures.replays_asked += sum(&m, "nsq_suite_replay_requests_total");
+    }
+
+    /// Adds the counters of one worker.
+    async fn collect_worker(figures: &mut Figures, worker: &Service) {
+        let m = metrics(&worker.http).await;
+        figures.dead_lettered += sum(&m, "nsq_suite_messages_dead_lettered_total");
+    }
+
+    /// Collects the counters of everything still running, stops it all with SIGTERM
+    /// (asserting exit 0) and returns the figures.
+    async fn stop(mut self) -> Figures {
+        self.collect_logger().await;
+        let m = metrics(&self.sensor.http).await;
+        self.figures.readings_replayed += sum(&m, "nsq_suite_replayed_readings_total");
+        self.figures.unavailable += sum(&m, "nsq_suite_replay_unavailable_readings_total");
+        for w in &self.workers {
+            Self::collect_worker(&mut self.figures, w).await;
+        }
+        stop(&mut self.sensor).await;
+        for w in &mut self.workers {
+            stop(w).await;
+        }
+        stop(&mut self.logger).await;
+        self.figures
+    }
+}
+
+/// SIGTERM, and the exit must be 0.
+async fn stop(s: &mut Service) {
+    let status = s.terminate(STOP_TIMEOUT).await;
+    assert!(
+        status.success(),
+        "{} exit after SIGTERM: {status}\n{}",
+        s.name,
+        tail(&s.logs(), 60)
+    );
+}
+
+/// The figures a test prints.
+#[derive(Debug, Default)]
+struct Figures {
+    duplicates: u64,
+    replays_asked: u64,
+    readings_replayed: u64,
+    unavailable: u64,
+    dead_lettered: u64,
+}
+
+/// What the output and the loss list hold for the sensor.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Seq -> lines with it.
+    logged: BTreeMap<u64, u32>,
+    /// Seqs in the loss list.
+    lost: BTreeSet<u64>,
+    /// Seqs of `1..=count` in neither.
+    missing: Vec<u64>,
+    /// Epochs seen in the output.
+    epochs: BTreeSet<u64>,
+    /// Lines of other sensors or out of range.
+    foreign: usize,
+}
+
+impl Tally {
+    fn read(output: &Path, lost: &Path, count: u64) -> Tally {
+        let mut t = Tally::default();
+        for l in read_jsonl(output) {
+            let seq = l["seq"].as_u64().unwrap_or(0);
+            if l["sensor_id"] != SENSOR || seq == 0 || seq > count {
+                t.foreign += 1;
+                continue;
+            }
+            t.epochs.insert(l["epoch"].as_u64().unwrap_or(0));
+            *t.logged.entry(seq).or_default() += 1;
+        }
+        // Loss records, minus the ranges of later `recovered` records.
+        for r in read_jsonl(lost) {
+            let (from, to) = (
+                r["from_seq"].as_u64().unwrap(),
+                r["to_seq"].as_u64().unwrap(),
+            );
+            if r["reason"] == "recovered" {
+                for seq in from..=to {
+                    t.lost.remove(&seq);
+                }
+            } else {
+                t.lost.extend(from..=to);
+            }
+        }
+        t.missing = (1..=count)
+            .filter(|s| !t.logged.contains_key(s) && !t.lost.contains(s))
+            .collect();
+        t
+    }
+
+    fn duplicated(&self) -> Vec<u64> {
+        self.logged
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(s, _)| *s)
+            .collect()
+    }
+
+    /// Seqs both logged and reported lost.
+    fn lost_and_logged(&self) -> Vec<u64> {
+        self.lost
+            .iter()
+            .filter(|s| self.logged.contains_key(s))
+            .copied()
+            .collect()
+    }
+
+    /// The invariant; `losses_expected` when the test made readings unreplayable.
+    fn assert_invariant(&self, count: u64, losses_expected: bool) {
+        assert_eq!(
+            self.foreign, 0,
+            "lines of another sensor or beyond seq {count}"
+        );
+        assert!(
+            self.epochs.len() <= 1,
+            "one sensor epoch: {:?}",
+            self.epochs
+        );
+        assert!(
+            self.missing.is_empty(),
+            "neither logged nor reported lost: {}",
+            ranges(&self.missing)
+        );
+        let dup = self.duplicated();
+        assert!(dup.is_empty(), "logged more than once: {}", ranges(&dup));
+        let both = self.lost_and_logged();
+        assert!(
+            both.is_empty(),
+            "reported lost but logged: {}",
+            ranges(&both)
+        );
+        if !losses_expected {
+            let lost: Vec<u64> = self.lost.iter().copied().collect();
+            assert!(lost.is_empty(), "unexpected losses: {}", ranges(&lost));
+        }
+        assert_eq!(self.logged.len() as u64 + self.lost.len() as u64, count);
+    }
+}
+
+/// Prints the test's figures, one line.
+fn report(name: &str, env: &Env, tally: &Tally, f: &Figures, redelivered: u64, converge: Duration) {
+    println!(
+        "FAULT {name}: produced={COUNT} logged={} duplicates_suppressed={} replays_asked={} \
+         readings_replayed={} lost={} (answered unavailable {}) dead_lettered={} \
+         nsqd_redeliveries={redelivered} time_to_converge={:.1}s wall={:.1}s",
+        tally.logged.len(),
+        f.duplicates,
+        f.replays_asked,
+        f.readings_replayed,
+        tally.lost.len(),
+        f.unavailable,
+        f.dead_lettered,
+        converge.as_secs_f64(),
+        env.started.elapsed().as_secs_f64(),
+    );
+}
+
+/// Timeouts plus requeues of the workers' channel, from nsqd (0 when it is gone).
+async fn redeliveries(nsqd: &Nsqd) -> u64 {
+    match nsqd.channel_stats("sensor_data", "worker").await {
+        Some(c) => {
+            c["timeout_count"].as_u64().unwrap_or(0) + c["requeue_count"].as_u64().unwrap_or(0)
+        }
+        None => 0,
+    }
+}
+
+/// Seqs in the loss list (a `recovered` record takes its range back out).
+fn lost_count(path: &Path) -> u64 {
+    read_jsonl(path)
+        .iter()
+        .map(|r| {
+            let n = r["count"].as_u64().unwrap_or(0) as i64;
+            if r["reason"] == "recovered" {
+                -n
+            } else {
+                n
+            }
+        })
+        .sum::<i64>()
+        .max(0) as u64
+}
+
+/// `POST` to nsqd's HTTP API; must answer 200.
+async fn nsqd_post(nsqd: &Nsqd, path: &str, query: &[(&str, &str)]) {
+    let url = format!("http://{}{path}", nsqd.http_address());
+    let r = reqwest::Client::new()
+        .post(&url)
+        .query(query)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    assert!(r.status().is_success(), "POST {url}: {}", r.status());
+}
+
+/// A service's `/metrics` text.
+async fn metrics(http: &str) -> String {
+    http_text(http, "/metrics").await
+}
+
+async fn http_text(http: &str, path: &str) -> String {
+    match reqwest::get(format!("http://{http}{path}")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(e) => format!("(GET {path} failed: {e})"),
+    }
+}
+
+/// The sum of every sample of a counter or gauge in a Prometheus text.
+fn sum(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Seqs written as ranges, e.g. `1-3,7`, shortened.
+fn ranges(seqs: &[u64]) -> String {
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < seqs.len() {
+        let start = seqs[i];
+        let mut end = start;
+        while i + 1 < seqs.len() && seqs[i + 1] == end + 1 {
+            i += 1;
+            end = seqs[i];
+        }
+        parts.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+        i += 1;
+    }
+    let n = parts.len();
+    if n > 20 {
+        parts.truncate(20);
+        parts.push(format!("... ({} more ranges)", n - 20));
+    }
+    format!("[{}] ({} seqs)", parts.join(","), seqs.len())
+}
+
+fn tail(lines: &[String], n: usize) -> String {
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Waits until nsqd's channel holds at least `depth` messages (in memory: the default
+/// `--mem-queue-size` is 10,000).
+async fn wait_depth(nsqd: &Nsqd, topic: &str, channel: &str, depth: u64) {
+    wait_until(
+        &format!("{topic}/{channel} depth >= {depth}"),
+        CONVERGE_TIMEOUT,
+        || async {
+            nsqd.channel_stats(topic, channel)
+                .await
+                .and_then(|c| c["depth"].as_u64())
+                .is_some_and(|d| d >= depth)
+        },
+    )
+    .await;
+}
+
+/// The whole invariant check after the services stopped, then the figures.
+fn finish(
+    name: &str,
+    env: &Env,
+    figures: &Figures,
+    redelivered: u64,
+    converge: Duration,
+    losses_expected: bool,
+) -> Tally {
+    let tally = Tally::read(&env.output(), &env.lost(), COUNT);
+    report(name, env, &tally, figures, redelivered, converge);
+    tally.assert_invariant(COUNT, losses_expected);
+    tally
+}
+
+#[tokio::test]
+async fn fault_1_kill9_a_worker_holding_in_flight_messages() {
+    let _serial = SERIAL.lock().await;
+    let env = Env::start(true).await;
+    let work = [flag("work-ms", 20)];
+    let mut p = env.pipeline(COUNT, 3, &work, &[]).await;
+    env.wait_logged(COUNT as usize / 4).await;
+    // The victim holds messages: nsqd says so.
+    let nsqd = env.nsqd();
+    wait_until("w1 holds in-flight messages", CONVERGE_TIMEOUT, || async {
+        nsqd.channel_stats("sensor_data", "worker")
+            .await
+            .and_then(|c| {
+                c["clients"]
+                    .as_array()?
+                    .iter()
+                    .find(|cl| cl["client_id"] == "w1")
+                    .cloned()
+            })
+            .and_then(|cl| cl["in_flight_count"].as_u64())
+            .is_some_and(|n| n > 0)
+    })
+    .await;
+    let mut victim = p.workers.remove(0);
+    Pipeline::collect_worker(&mut p.figures, &victim).await;
+    victim.kill9();
+    let converge = env.converge(COUNT, &p).await;
+    let redelivered = redeliveries(env.nsqd()).await;
+    let figures = p.stop().await;
+    finish(
+        "1 kill -9 worker",
+        &env,
+        &figures,
+        redelivered,
+        converge,
+        false,
+    );
+    assert!(redelivered > 0, "nsqd redelivered the victim's messages");
+}
+
+#[tokio::test]
+async fn fault_2_sigterm_nsqd_and_restart_on_the_same_data_dir() {
+    let _serial = SERIAL.lock().await;
+    let mut env = Env::start(true).await;
+    let p = env.pipeline(COUNT, 2, &[], &[]).await;
+    env.wait_logged(COUNT as usize / 4).await;
+    let fault = Instant::now();
+    env.nsqd_mut().terminate();
+    env.nsqd_mut().restart().await;
+    println!("nsqd down and up again in {:?}", fault.elapsed());
+    let converge = env.converge(COUNT, &p).await;
+    let redelivered = redeliveries(env.nsqd()).await;
+    let figures = p.stop().await;
+    finish(
+        "2 SIGTERM nsqd + restart",
+        &env,
+        &figures,
+        redelivered,
+        converge,
+        false,
+    );
+}
+
+/// Pauses the workers' channel until it holds `depth` readings in nsqd's memory, then
+/// kills nsqd with SIGKILL and restarts it: those readings are gone from NSQ.
+async fn kill9_nsqd_holding(env: &mut Env, depth: u64) {
+    let q = [("topic", "sensor_data"), ("channel", "worker")];
+    nsqd_post(env.nsqd(), "/channel/pause", &q).await;
+    wait_depth(env.nsqd(), "sensor_data", "worker", depth).await;
+    env.nsqd_mut().kill();
+    env.nsqd_mut().restart().await;
+    // The pause may have been saved in nsqd's metadata.
+    nsqd_post(env.nsqd(), "/channel/unpause", &q).await;
+}
+
+#[tokio::test]
+async fn fault_3_kill9_nsqd_loses_its_memory_and_replay_recovers_it() {
+    let _serial = SERIAL.lock().await;
+    let mut env = Env::start(true).await;
+    let p = env.pipeline(COUNT, 2, &[], &[]).await;
+    env.wait_logged(COUNT as usize / 4).await;
+    kill9_nsqd_holding(&mut env, 1_000).await;
+    let converge = env.converge(COUNT, &p).await;
+    let redelivered = redeliveries(env.nsqd()).await;
+    let figures = p.stop().await;
+    finish(
+        "3 kill -9 nsqd + restart",
+        &env,
+        &figures,
+        redelivered,
+        converge,
+        false,
+    );
+    assert!(
+        figures.replays_asked > 0,
+        "the lost readings were asked for"
+    );
+    assert!(
+        figures.readings_replayed >= 1_000,
+        "and replayed by the sensor"
+    );
+}
+
+#[tokio::test]
+async fn fault_4_kill9_the_logger_and_restart_it() {
+    let _serial = SERIAL.lock().await;
+    let env = Env::start(true).await;
+    // The first logger waits 300 ms between writing a batch and finishing its messages
+    // (fault injection), so that the kill lands between the two: lines in the file whose
+    // messages nsqd will deliver again.
+    let mut p = env
+        .pipeline_with_logger(COUNT, 2, &[], &[], &[flag("fin-delay", "300ms")])
+        .await;
+    env.wait_logged(COUNT as usize / 3).await;
+    let nsqd = env.nsqd();
+    wait_until(
+        "the logger holds written, unfinished results",
+        CONVERGE_TIMEOUT,
+        || async {
+            nsqd.channel_stats("results", "logger")
+                .await
+                .and_then(|c| c["in_flight_count"].as_u64())
+                .is_some_and(|n| n > 0)
+        },
+    )
+    .await;
+    p.collect_logger().await;
+    p.logger.kill9();
+    let before = env.logged();
+    let duplicates_before = p.figures.duplicates;
+    p.logger = env.logger(&[]);
+    p.logger.wait_healthy().await;
+    assert!(
+        p.logger
+            .logged("de-duplication state rebuilt from the output"),
+        "the restarted logger rebuilt its state\n{}",
+        p.logger.logs().join("\n")
+    );
+    let converge = env.converge(COUNT, &p).await;
+    let redelivered = redeliveries(env.nsqd()).await;
+    let logger_redelivered = env
+        .nsqd()
+        .channel_stats("results", "logger")
+        .await
+        .and_then(|c| c["timeout_count"].as_u64())
+        .unwrap_or(0);
+    let figures = p.stop().await;
+    println!(
+        "logger killed with {before} lines written; nsqd timed out {logger_redelivered} \
+         results in flight to it"
+    );
+    finish(
+        "4 kill -9 logger + restart",
+        &env,
+        &figures,
+        redelivered + logger_redelivered,
+        converge,
+        false,
+    );
+    assert!(
+        figures.duplicates > duplicates_before,
+        "the restarted logger recognised results written before the kill and not finished"
+    );
+}
+
+#[tokio::test]
+async fn fault_5_a_handler_slower_than_the_message_timeout() {
+    let _serial = SERIAL.lock().await;
+    let env = Env::start(true).await;
+    // Every 100th first delivery takes 1.5 s, past nsqd's 1 s --msg-timeout: nsqd delivers
+    // it again (to any worker), and the slow one still publishes its result afterwards.
+    let slow = [flag("slow-every", 100), flag("slow-ms", 1_500)];
+    let p = env.pipeline(COUNT, 2, &slow, &[]).await;
+    let converge = env.converge(COUNT, &p).await;
+    let redelivered = redeliveries(env.nsqd()).await;
+    let figures = p.stop().await;
+    finish(
+        "5 slow handler",
+        &env,
+        &figures,
+        redelivered,
+        converge,
+        false,
+    );
+    assert!(redelivered > 0, "nsqd timed messages out");
+    assert!(
+        figures.duplicates > 0,
+        "the late results were recognised as duplicates"
+    );
+}
+
+#[tokio::test]
+async fn fault_6_poison_messages_go_to_the_dead_letter_topic() {
+    let _serial = SERIAL.lock().await;
+    const POISON: usize = 25;
+    let env = Env::start(true).await;
+    let p = env.pipeline(COUNT, 2, &[], &[]).await;
+    env.wait_logged(COUNT as usize / 4).await;
+    let producer = nsq::Producer::connect(&env.nsqd_tcp(), Default::default()).unwrap();
+    for i in 0..POISON {
+        producer
+            .publish(
+                "sensor_data",
+                format!("poison #{i}: not MessagePack").into_bytes(),
+            )
+            .await
+            .unwrap();
+    }
+    producer.close().await;
+    let (dead, mut letters) = Consumer::new(
+        "sensor_data.dead",
+        "inspect",
+        ConsumerConfig {
+            nsqd_tcp_addresses: vec![env.nsqd_tcp()],
+            max_in_flight: 100,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut originals = BTreeSet::new();
+    while originals.len() < POISON {
+        let m = tokio::time::timeout(CONVERGE_TIMEOUT, letters.recv())
+            .await
+            .expect("every poison message dead-lettered")
+            .unwrap();
+        let letter = messages::DeadLetter::decode(m.body()).unwrap();
+        m.finish();
+        assert_eq!(
+            (letter.topic.as_str(), letter.channel.as_str()),
+            ("sensor_data", "worker")
+        );
+        assert_eq!(letter.attempts, 1, "not retried");
+        assert!(
+            letter.error.contains("not a SensorReading"),
+            "{}",
+            letter.error
+        );
+        originals.insert(String::from_utf8(letter.original).unwrap());
+    }
+    let converge = env.converge(COUNT, &p).await;
+    let redelivered = redeliveries(env.nsqd()).await;
+    let figures = p.stop().await;
+    dead.close().await;
+    finish(
+        "6 poison messages",
+        &env,
+        &figures,
+        redelivered,
+        converge,
+        false,
+    );
+    assert_eq!(
+        originals.len(),
+        POISON,
+        "each poison message once, with its original bytes"
+    );
+    assert_eq!(figures.dead_lettered, POISON as u64, "and nothing else");
+}
+
+#[tokio::test]
+async fn fault_7_nsqd_down_when_the_sensor_starts() {
+    let _serial = SERIAL.lock().await;
+    let mut env = Env::start(false).await;
+    let mut logger = env.logger(&[]);
+    let mut workers = vec![env.worker("w1", &[]), env.worker("w2", &[])];
+    logger.wait_healthy().await;
+    for w in &mut workers {
+        w.wait_healthy().await;
+    }
+    let mut sensor = env.sensor(COUNT, &[]);
+    sensor.wait_healthy().await;
+    // nsqd comes up only once the sensor has failed to reach it and half the readings wait
+    // in its outbox (about 2 s at 2,000/s).
+    let port = env.ports.0.to_string();
+    wait_until(
+        "the sensor's outbox holds half the readings",
+        CONVERGE_TIMEOUT,
+        || async {
+            let m = metrics(&sensor.http).await;
+            sum(&m, "nsq_suite_outbox_readings") >= COUNT / 2
+        },
+    )
+    .await;
+    let failures = sensor
+        .logs()
+        .iter()
+        .filter(|l| l.contains(&port) && (l.contains("reconnect") || l.contains("refused")))
+        .count();
+    assert!(
+        failures >= 2,
+        "the sensor logged its failed attempts:\n{}",
+        sensor.logs().join("\n")
+    );
+    let down_for = env.started.elapsed();
+    env.start_nsqd().await;
+    println!("nsqd started {down_for:?} after the test began; the sensor logged {failures} failed attempts");
+    let p = Pipeline {
+        sensor,
+        workers,
+        logger,
+        figures: Figures::default(),
+    };
+    let converge = env.converge(COUNT, &p).await;
+    let dropped = sum(
+        &metrics(&p.sensor.http).await,
+        "nsq_suite_outbox_dropped_total",
+    );
+    let redelivered = redeliveries(env.nsqd()).await;
+    let figures = p.stop().await;
+    finish(
+        "7 nsqd down at sensor start",
+        &env,
+        &figures,
+        redelivered,
+        converge,
+        false,
+    );
+    assert_eq!(dropped, 0, "the outbox held everything");
+}
+
+#[tokio::test]
+async fn fault_8_history_too_small_and_kill9_nsqd_reports_the_lost_range_exactly() {
+    let _serial = SERIAL.lock().await;
+    let mut env = Env::start(true).await;
+    // 300 readings of history: 0.15 s at 2,000/s, far less than the grace period.
+    let p = env.pipeline(COUNT, 2, &[], &[flag("history", 300)]).await;
+    env.wait_logged(COUNT as usize / 4).await;
+    kill9_nsqd_holding(&mut env, 1_000).await;
+    let converge = env.converge(COUNT, &p).await;
+    let lost_metric = sum(
+        &metrics(&p.logger.http).await,
+        "nsq_suite_readings_lost_total",
+    );
+    let gaps = http_text(&p.logger.http, "/gaps").await;
+    let redelivered = redeliveries(env.nsqd()).await;
+    let figures = p.stop().await;
+    let tally = finish(
+        "8 small history + kill -9 nsqd",
+        &env,
+        &figures,
+        redelivered,
+        converge,
+        true,
+    );
+    assert!(
+        tally.lost.len() >= 1_000,
+        "the readings held by nsqd are reported lost"
+    );
+    assert_eq!(
+        lost_metric,
+        tally.lost.len() as u64,
+        "the counter agrees with the list"
+    );
+    assert_eq!(
+        figures.unavailable,
+        tally.lost.len() as u64,
+        "the sensor answered exactly them unavailable"
+    );
+    let records = read_jsonl(&env.lost());
+    assert!(
+        records.iter().all(|r| r["reason"] == "unavailable"),
+        "{records:?}"
+    );
+    let lost: Vec<u64> = tally.lost.iter().copied().collect();
+    println!("lost {} (logger /gaps: {gaps})", ranges(&lost));
+}
+
+#[tokio::test]
+async fn fault_9_sigterm_each_service_in_turn_while_busy() {
+    let _serial = SERIAL.lock().await;
+    let env = Env::start(true).await;
+    // More readings than the test lets the sensor take: it is stopped while busy.
+    let mut p = env.pipeline(1_000_000, 3, &[], &[]).await;
+    // A worker, while readings flow.
+    env.wait_logged(1_500).await;
+    let mut w = p.workers.remove(0);
+    Pipeline::collect_worker(&mut p.figures, &w).await;
+    stop(&mut w).await;
+    // The logger, while readings flow; then it comes back.
+    let n = env.logged();
+    env.wait_logged(n + 1_500).await;
+    p.collect_logger().await;
+    stop(&mut p.logger).await;
+    p.logger = env.logger(&[]);
+    p.logger.wait_healthy().await;
+    // The sensor, while readings flow: it flushes and announces its last seq.
+    let n = env.logged();
+    env.wait_logged(n + 1_500).await;
+    stop(&mut p.sensor).await;
+    let taken: u64 = p
+        .sensor
+        .logs()
+        .iter()
+        .find(|l| l.contains("sensor stopped"))
+        .and_then(|l| l.split("taken=").nth(1))
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .expect("the sensor logged how many readings it took");
+    println!("the sensor took {taken} readings before SIGTERM");
+    let converge = env.converge(taken, &p).await;
+    let redelivered = redeliveries(env.nsqd()).await;
+    p.collect_logger().await;
+    let mut figures = std::mem::take(&mut p.figures);
+    for w in &mut p.workers {
+        Pipeline::collect_worker(&mut figures, w).await;
+        stop(w).await;
+    }
+    stop(&mut p.logger).await;
+    let tally = Tally::read(&env.output(), &env.lost(), taken);
+    println!(
+        "FAULT 9 SIGTERM each service: produced={taken} logged={} duplicates_suppressed={} \
+         replays_asked={} lost={} dead_lettered={} nsqd_redeliveries={redelivered} \
+         time_to_converge={:.1}s wall={:.1}s",
+        tally.logged.len(),
+        figures.duplicates,
+        figures.replays_asked,
+        tally.lost.len(),
+        figures.dead_lettered,
+        converge.as_secs_f64(),
+        env.started.elapsed().as_secs_f64()
+    );
+    tally.assert_invariant(taken, false);
+}
