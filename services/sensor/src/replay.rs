@@ -27,6 +27,7 @@ use bytes::Bytes;
 use messages::{ReplayRequest, ReplayUnavailable, SensorReading, SCHEMA_VERSION};
 use nsq::{Consumer, ConsumerConfig, Message, Messages, Producer, PublishError};
 use suite_common::shutdown::CancellationToken;
+use tracing::{field::Empty, Instrument as _};
 
 use crate::{
     config::Settings,
@@ -158,10 +159,32 @@ impl Responder {
         self.consumer.close_and_requeue(self.messages).await;
     }
 
-    /// Answers one request and finishes it, or requeues it.
+    /// Answers one request and finishes it, or requeues it, inside a `message` span with the
+    /// request's identity (NSQ id and attempt, sensor_id, epoch, from_seq, to_seq).
     async fn handle(&self, msg: Message) {
+        let span = tracing::info_span!(
+            "message",
+            id = msg.id(),
+            attempt = msg.attempts(),
+            sensor_id = Empty,
+            epoch = Empty,
+            from_seq = Empty,
+            to_seq = Empty,
+        );
+        self.handle_in_span(msg).instrument(span).await;
+    }
+
+    /// [`Responder::handle`]'s work, in its span.
+    async fn handle_in_span(&self, msg: Message) {
         let request = match ReplayRequest::decode(msg.body()) {
-            Ok(request) => request,
+            Ok(request) => {
+                tracing::Span::current()
+                    .record("sensor_id", request.sensor_id.as_str())
+                    .record("epoch", request.epoch)
+                    .record("from_seq", request.from_seq)
+                    .record("to_seq", request.to_seq);
+                request
+            }
             Err(e) => {
                 tracing::error!(
                     id = msg.id(),
