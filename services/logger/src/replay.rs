@@ -228,8 +228,13 @@ impl Replay {
 
     /// A status announcement: note the sensor epoch's latest seq.
     fn on_status(&mut self, msg: Message) {
+        let span = message_span(&msg);
+        let _entered = span.enter();
         match SensorStatus::decode(msg.body()) {
             Ok(status) => {
+                span.record("sensor_id", status.sensor_id.as_str())
+                    .record("epoch", status.epoch)
+                    .record("to_seq", status.last_seq);
                 metrics::counter!(m::STATUS_RECEIVED).increment(1);
                 tracing::trace!(
                     sensor_id = %status.sensor_id, epoch = status.epoch,
@@ -252,8 +257,16 @@ impl Replay {
 
     /// An "unavailable" answer: record the still-missing part of the range as lost.
     fn on_unavailable(&mut self, msg: Message, seen: &Seen) {
+        let span = message_span(&msg);
+        let _entered = span.enter();
         let answer = match ReplayUnavailable::decode(msg.body()) {
-            Ok(answer) => answer,
+            Ok(answer) => {
+                span.record("sensor_id", answer.sensor_id.as_str())
+                    .record("epoch", answer.epoch)
+                    .record("from_seq", answer.from_seq)
+                    .record("to_seq", answer.to_seq);
+                answer
+            }
             Err(e) => {
                 self.undecodable(&msg, &self.settings.replay_unavailable_topic, &e);
                 msg.finish();
@@ -479,6 +492,20 @@ impl Replay {
             "message does not decode: finished without using it"
         );
     }
+}
+
+/// The `message` span of a status or unavailable message: its NSQ id and attempt, then the
+/// sensor_id, epoch and seqs it is about, recorded once decoded.
+fn message_span(msg: &Message) -> tracing::Span {
+    tracing::info_span!(
+        "message",
+        id = msg.id(),
+        attempt = msg.attempts(),
+        sensor_id = tracing::field::Empty,
+        epoch = tracing::field::Empty,
+        from_seq = tracing::field::Empty,
+        to_seq = tracing::field::Empty,
+    )
 }
 
 /// The next message of a consumer, or never when it has ended.
