@@ -273,6 +273,14 @@ async fn metrics_of_the_three_services_parse_and_carry_their_id() {
     let nsqd_label = nsqd.tcp_address();
     let producer_up = [("role", "producer"), ("nsqd", nsqd_label.as_str())];
     assert_eq!(value(&s, "nsq_suite_nsq_connections", &producer_up), 1.0);
+    // Replays served: none asked for in a run without gaps, but the series exist.
+    for name in [
+        "nsq_suite_replay_requests_received_total",
+        "nsq_suite_replayed_readings_total",
+        "nsq_suite_replay_unavailable_readings_total",
+    ] {
+        assert_eq!(value(&s, name, &[]), 0.0, "{name}");
+    }
 
     let w = scrape(&worker).await;
     let consumed = value(&w, "nsq_suite_messages_consumed_total", &sd);
@@ -327,6 +335,13 @@ async fn metrics_of_the_three_services_parse_and_carry_their_id() {
     assert_eq!(value(&l, "nsq_suite_duplicates_suppressed_total", &rl), 1.0);
     assert!(value(&l, "nsq_suite_messages_in_flight", &rl) >= 0.0);
     assert_eq!(value(&l, "nsq_suite_nsq_connections", &consumer_up), 1.0);
+    // Replays requested and readings lost: none in a run without gaps, but the series exist.
+    assert_eq!(value(&l, "nsq_suite_replay_requests_total", &[]), 0.0);
+    for reason in ["unavailable", "unanswered"] {
+        let lost = value(&l, "nsq_suite_readings_lost_total", &[("reason", reason)]);
+        assert_eq!(lost, 0.0, "readings lost ({reason})");
+    }
+    assert!(value(&l, "nsq_suite_missing_readings", &[]) >= 0.0);
     let latencies = value(&l, "nsq_suite_end_to_end_latency_seconds_count", &[]);
     // The hand-made result was "taken" in 1970: its latency is huge, the others are short.
     let big = find(
