@@ -228,21 +228,27 @@ impl Env {
     }
 
     /// Waits until every seq of `1..=count` is in the output or the loss list; returns how
-    /// long that took.
-    async fn converge(&self, count: u64, pipeline: &Pipeline) -> Duration {
+    /// long that took from now (the fault) and from the sensor's last confirmed reading.
+    async fn converge(&self, count: u64, pipeline: &Pipeline) -> Converged {
         let started = Instant::now();
         let (output, lost) = (self.output(), self.lost());
-        let mut last_progress = (0usize, Instant::now());
+        let mut sensor_done: Option<Instant> = None;
         loop {
+            if sensor_done.is_none()
+                && (pipeline.sensor.logged("all readings confirmed")
+                    || pipeline.sensor.logged("sensor stopped"))
+            {
+                sensor_done = Some(Instant::now());
+            }
             let lines = count_lines(&output);
             if lines as u64 + lost_count(&lost) >= count {
                 let tally = Tally::read(&output, &lost, count);
                 if tally.missing.is_empty() {
-                    return started.elapsed();
+                    return Converged {
+                        since_fault: started.elapsed(),
+                        since_last_reading: sensor_done.map(|t| t.elapsed()),
+                    };
                 }
-            }
-            if lines != last_progress.0 {
-                last_progress = (lines, Instant::now());
             }
             if started.elapsed() > CONVERGE_TIMEOUT {
                 let tally = Tally::read(&output, &lost, count);
@@ -259,6 +265,26 @@ impl Env {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+}
+
+/// How long a test took to account for every reading.
+#[derive(Debug, Clone, Copy)]
+struct Converged {
+    /// From the fault (or from the start, for faults that last the whole run).
+    since_fault: Duration,
+    /// From the moment the sensor had its last reading confirmed (observed in its log,
+    /// within 100 ms); `None` if it had not when everything was accounted for.
+    since_last_reading: Option<Duration>,
+}
+
+impl std::fmt::Display for Converged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.1}s", self.since_fault.as_secs_f64())?;
+        if let Some(d) = self.since_last_reading {
+            write!(f, " ({:.1}s after the last reading)", d.as_secs_f64())?;
+        }
+        Ok(())
     }
 }
 
@@ -422,11 +448,18 @@ impl Tally {
 }
 
 /// Prints the test's figures, one line.
-fn report(name: &str, env: &Env, tally: &Tally, f: &Figures, redelivered: u64, converge: Duration) {
+fn report(
+    name: &str,
+    env: &Env,
+    tally: &Tally,
+    f: &Figures,
+    redelivered: u64,
+    converge: Converged,
+) {
     println!(
         "FAULT {name}: produced={COUNT} logged={} duplicates_suppressed={} replays_asked={} \
          readings_replayed={} lost={} (answered unavailable {}) dead_lettered={} \
-         nsqd_redeliveries={redelivered} time_to_converge={:.1}s wall={:.1}s",
+         nsqd_redeliveries={redelivered} time_to_converge={converge} wall={:.1}s",
         tally.logged.len(),
         f.duplicates,
         f.replays_asked,
@@ -434,7 +467,6 @@ fn report(name: &str, env: &Env, tally: &Tally, f: &Figures, redelivered: u64, c
         tally.lost.len(),
         f.unavailable,
         f.dead_lettered,
-        converge.as_secs_f64(),
         env.started.elapsed().as_secs_f64(),
     );
 }
@@ -553,7 +585,7 @@ fn finish(
     env: &Env,
     figures: &Figures,
     redelivered: u64,
-    converge: Duration,
+    converge: Converged,
     losses_expected: bool,
 ) -> Tally {
     let tally = Tally::read(&env.output(), &env.lost(), COUNT);
@@ -974,13 +1006,12 @@ async fn fault_9_sigterm_each_service_in_turn_while_busy() {
     println!(
         "FAULT 9 SIGTERM each service: produced={taken} logged={} duplicates_suppressed={} \
          replays_asked={} lost={} dead_lettered={} nsqd_redeliveries={redelivered} \
-         time_to_converge={:.1}s wall={:.1}s",
+         time_to_converge={converge} wall={:.1}s",
         tally.logged.len(),
         figures.duplicates,
         figures.replays_asked,
         tally.lost.len(),
         figures.dead_lettered,
-        converge.as_secs_f64(),
         env.started.elapsed().as_secs_f64()
     );
     tally.assert_invariant(taken, false);
