@@ -524,7 +524,9 @@ async fn latency(
             max_ms: h.max() as f64 / 1e6,
             distribution,
         };
-        say(&bar, format!(
+        say(
+            bar,
+            format!(
             "latency at {rate}/s: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} samples)",
             run.p50_ms, run.p90_ms, run.p99_ms, run.max_ms, run.samples
         ));

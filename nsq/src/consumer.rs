@@ -294,6 +294,8 @@ struct Manager {
     snapshot: Snapshot,
     msg_tx: Option<mpsc::UnboundedSender<Message>>,
     nodes: BTreeMap<String, Node>,
+    /// The nsqd nodes the last successful lookup listed.
+    listed: BTreeSet<String>,
     reports_tx: mpsc::UnboundedSender<Report>,
     reports_rx: mpsc::UnboundedReceiver<Report>,
     outcomes_tx: mpsc::UnboundedSender<Outcome>,
@@ -337,6 +339,7 @@ impl Manager {
             snapshot,
             msg_tx: Some(msg_tx),
             nodes: BTreeMap::new(),
+            listed: BTreeSet::new(),
             reports_tx,
             reports_rx,
             outcomes_tx,
@@ -499,6 +502,12 @@ impl Manager {
                     node.live = None;
                     node.rdy = 0;
                 }
+                // A discovered node that lookupd stopped listing is kept only while it is
+                // connected; once its connection ends it is dropped, not retried.
+                if self.unlisted(&addr) {
+                    tracing::info!(nsqd = %addr, topic = %self.topic, "disconnected nsqd no longer listed by nsqlookupd: dropping it");
+                    self.stop_node(&addr);
+                }
             }
             Report::Ended { addr } => {
                 if self.nodes.remove(&addr).is_some() {
@@ -512,18 +521,31 @@ impl Manager {
                 for addr in &found {
                     self.add_node(addr.clone(), false);
                 }
+                self.listed = found;
+                // Drop discovered nodes that no lookupd lists and that are not connected (an
+                // nsqd that went away). A connected node that vanished from lookupd (a lookupd
+                // restart, an nsqd between two pings) keeps serving until its connection
+                // ends: dropping it would cut consumers off from a healthy nsqd.
                 let gone: Vec<String> = self
                     .nodes
-                    .iter()
-                    .filter(|(a, n)| n.discovered && !n.fixed && !found.contains(*a))
-                    .map(|(a, _)| a.clone())
+                    .keys()
+                    .filter(|a| self.unlisted(a))
+                    .filter(|a| self.nodes.get(*a).is_some_and(|n| n.live.is_none()))
+                    .cloned()
                     .collect();
                 for addr in gone {
-                    tracing::info!(nsqd = %addr, topic = %self.topic, "nsqlookupd no longer lists this nsqd: dropping it");
+                    tracing::info!(nsqd = %addr, topic = %self.topic, "nsqlookupd no longer lists this unreachable nsqd: dropping it");
                     self.stop_node(&addr);
                 }
             }
         }
+    }
+
+    /// True for a node found only through lookupd that the last lookup no longer listed.
+    fn unlisted(&self, addr: &str) -> bool {
+        self.nodes
+            .get(addr)
+            .is_some_and(|n| n.discovered && !n.fixed && !self.listed.contains(addr))
     }
 
     fn on_outcome(&mut self, outcome: Outcome) {
@@ -1025,8 +1047,13 @@ async fn lookup_loop(
                 Err(reason) => events.emit(Event::LookupFailed { url, reason }),
             }
         }
-        if any_ok && reports.send(Report::Discovered(found)).is_err() {
-            return;
+        if any_ok {
+            events.emit(Event::Looked {
+                nodes: found.iter().cloned().collect(),
+            });
+            if reports.send(Report::Discovered(found)).is_err() {
+                return;
+            }
         }
         let jitter = rand::Rng::random_range(&mut rand::rng(), 0.9..1.1);
         tokio::time::sleep(interval.mul_f64(jitter)).await;

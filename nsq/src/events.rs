@@ -41,6 +41,11 @@ pub enum Event {
         /// The nsqd address.
         addr: String,
     },
+    /// A round of lookupd queries answered (at least one lookupd did): the nsqd nodes listed.
+    Looked {
+        /// The nsqd addresses listed, by every lookupd that answered.
+        nodes: Vec<String>,
+    },
     /// A lookupd query failed; discovery goes on with the others.
     LookupFailed {
         /// The lookupd URL.
@@ -83,6 +88,7 @@ impl Events {
             Event::NodeRemoved { addr } => {
                 tracing::info!(nsqd = %addr, "stopped consuming from nsqd")
             }
+            Event::Looked { nodes } => tracing::debug!(?nodes, "nsqlookupd answered"),
             Event::LookupFailed { url, reason } => {
                 tracing::warn!(lookupd = %url, %reason, "nsqlookupd query failed")
             }

@@ -212,6 +212,22 @@ impl Nsqlookupd {
         self.proc_.signal(Signal::SIGKILL);
         self.proc_.wait(Duration::from_secs(5));
     }
+
+    /// Kills it and starts a fresh one (empty registry) on the same ports.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let mut last = String::new();
+        for _ in 0..50 {
+            self.proc_ = Proc::spawn("nsqlookupd", &self.args());
+            let http = self.http_address();
+            match wait_ping(&mut self.proc_, &http).await {
+                Ok(()) => return,
+                Err(e) => last = e,
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("nsqlookupd did not restart: {last}");
+    }
 }
 
 /// Options for an nsqd.

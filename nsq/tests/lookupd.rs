@@ -251,3 +251,40 @@ async fn more_nsqd_than_max_in_flight_all_get_served() {
     }
     consumer.close().await;
 }
+
+#[tokio::test]
+async fn a_connected_nsqd_is_kept_while_a_restarted_lookupd_does_not_list_it_yet() {
+    init_logs();
+    let mut lookupd = Nsqlookupd::start().await;
+    let nsqd = Nsqd::builder().lookupd(&lookupd).start().await;
+    let p = Producer::connect(&nsqd.tcp_address(), producer_config()).unwrap();
+    p.publish("kept", body(1, 16)).await.unwrap();
+    let (consumer, mut messages) =
+        Consumer::new("kept", "c", lookupd_config(&[&lookupd], 10)).unwrap();
+    recv(&mut messages, Duration::from_secs(5)).await.finish();
+
+    // A fresh lookupd knows nothing until nsqd registers again (up to its 15 s ping).
+    let mut events = consumer.events();
+    lookupd.restart().await;
+    let mut empty_rounds = 0;
+    while empty_rounds < 3 {
+        match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
+            Ok(Ok(nsq::Event::Looked { nodes })) if nodes.is_empty() => empty_rounds += 1,
+            Ok(Ok(nsq::Event::Looked { .. })) => break, // nsqd registered again already
+            Ok(Ok(_)) => {}
+            other => panic!("no lookup round: {other:?}"),
+        }
+    }
+    // The healthy connection was not dropped meanwhile: messages keep coming.
+    assert_eq!(
+        consumer.stats().connections(),
+        1,
+        "after {empty_rounds} empty lookups"
+    );
+    p.publish("kept", body(2, 16)).await.unwrap();
+    let m = recv(&mut messages, Duration::from_secs(5)).await;
+    assert_eq!(number(m.body()), 2);
+    m.finish();
+    consumer.close().await;
+    p.close().await;
+}

@@ -105,17 +105,6 @@ pub fn cancel_on_signal(token: CancellationToken) -> io::Result<tokio::task::Joi
     }))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_and_statuses() {
-        assert_eq!(Signal::Terminate.to_string(), "SIGTERM");
-        assert_eq!(Signal::Interrupt.exit_status(), 130);
-    }
-}
-
 /// The tokio runtime every service runs on: single-threaded.
 ///
 /// A service does little CPU work per message and spends its time handing messages between
@@ -127,4 +116,15 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_statuses() {
+        assert_eq!(Signal::Terminate.to_string(), "SIGTERM");
+        assert_eq!(Signal::Interrupt.exit_status(), 130);
+    }
 }
