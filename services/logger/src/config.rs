@@ -158,8 +158,8 @@ pub struct Flags {
     #[arg(long, value_name = "DURATION")]
     pub replay_backoff: Option<String>,
 
-    /// File the ranges reported lost are appended to [default: <output stem>.lost.jsonl
-    /// beside --output; none with stdout]
+    /// File the ranges reported lost are appended to [default: beside --output, named after
+    /// it: results.jsonl -> results.lost.jsonl; none with stdout]
     #[arg(long, value_name = "PATH")]
     pub lost_output: Option<PathBuf>,
 
