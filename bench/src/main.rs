@@ -490,13 +490,23 @@ async fn latency(
             ],
             &dir.join(format!("latency-sensor-{rate}.log")),
         )?;
-        sensor
-            .wait_success(Duration::from_secs(seconds * 3 + 30))
-            .await?;
+        // The sensor's peak RSS is sampled while it runs (its /proc entry goes with it).
+        let budget = Duration::from_secs(seconds * 3 + 30);
+        let deadline = Instant::now() + budget;
+        let mut sensor_rss = 0;
+        while sensor.running() {
+            sensor_rss = sensor.peak_rss().unwrap_or(sensor_rss);
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the sensor did not finish in {budget:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        sensor.wait_success(budget).await?;
         expected += count as usize;
         wait_lines(&output, expected, Duration::from_secs(60)).await?;
         if rate == 5_000 {
-            memory.insert("sensor".to_string(), sensor.peak_rss()?);
+            memory.insert("sensor".to_string(), sensor_rss);
             for p in &procs {
                 memory.insert(p.name.clone(), p.peak_rss()?);
             }
