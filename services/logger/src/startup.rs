@@ -117,7 +117,7 @@ impl Application {
             None
         };
         let started = Instant::now();
-        let workers = Arc::new(Mutex::new(WorkerWindow::default()));
+        let workers = Arc::new(Mutex::new(WorkerWindow::new(settings.summary_interval)));
         let writable = Arc::new(AtomicBool::new(true));
         let sink = Sink::new(
             Arc::clone(&settings),
@@ -215,6 +215,7 @@ impl Application {
                 connection: ConnectionConfig {
                     client_id: s.logger_id.clone(),
                     user_agent: format!("nsq-suite-{SERVICE}/{}", env!("CARGO_PKG_VERSION")),
+                    output_buffer_size: s.output_buffer_size,
                     ..ConnectionConfig::default()
                 },
                 nsqd_tcp_addresses: s.nsqd_tcp_addresses.clone(),

@@ -134,7 +134,10 @@ impl Application {
             &s.topic,
             &s.channel,
             ConsumerConfig {
-                connection: connection_config(&s.worker_id),
+                connection: ConnectionConfig {
+                    output_buffer_size: s.output_buffer_size,
+                    ..connection_config(&s.worker_id)
+                },
                 nsqd_tcp_addresses: s.nsqd_tcp_addresses.clone(),
                 lookupd_http_addresses: s.lookupd_http_addresses.clone(),
                 lookupd_poll_interval: s.lookupd_poll_interval,
