@@ -61,6 +61,15 @@ struct Cli {
     /// Seconds per latency rate
     #[arg(long, default_value_t = 6)]
     latency_seconds: u64,
+    /// `--output-buffer-size` settings of the workers and the logger for the latency mode,
+    /// each run at every rate: 64 (every message written at once) and 0 (nsqd's default)
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "64,0",
+        allow_hyphen_values = true
+    )]
+    output_buffer_sizes: Vec<i64>,
     /// Longer runs: 1,000,000 readings per pipeline run, 20 s per rate and per Go run
     #[arg(long)]
     long: bool,
@@ -79,6 +88,8 @@ struct Results {
     raw: Option<RawRun>,
     latency: Vec<LatencyRun>,
     memory_peak_rss_bytes: BTreeMap<String, u64>,
+    /// The `--output-buffer-size` of the run the memory figures come from.
+    output_buffer_for_memory: i64,
 }
 
 #[derive(Debug, Serialize)]
@@ -100,6 +111,8 @@ struct RawRun {
 #[derive(Debug, Serialize)]
 struct LatencyRun {
     rate: u64,
+    /// The workers' and logger's `--output-buffer-size` (0: nsqd's default buffering).
+    output_buffer_size: i64,
     samples: u64,
     p50_ms: f64,
     p90_ms: f64,
@@ -194,10 +207,23 @@ async fn main() -> anyhow::Result<()> {
         bar.inc(1);
     }
     if has("latency") || has("memory") {
-        let (runs, memory) =
-            latency(&cli.rates, cli.latency_seconds, values, logs.path(), &bar).await?;
-        results.latency = runs;
-        results.memory_peak_rss_bytes = memory;
+        for &obs in &cli.output_buffer_sizes {
+            let (runs, memory) = latency(
+                &cli.rates,
+                cli.latency_seconds,
+                values,
+                obs,
+                logs.path(),
+                &bar,
+            )
+            .await?;
+            results.latency.extend(runs);
+            // Memory is reported for the first setting (the low-latency one by default).
+            if results.memory_peak_rss_bytes.is_empty() {
+                results.memory_peak_rss_bytes = memory;
+                results.output_buffer_for_memory = obs;
+            }
+        }
     }
     bar.finish_with_message("done");
 
@@ -238,9 +264,11 @@ fn reading_size(values: u32) -> usize {
 fn start_services(
     nsqd: &Nsqd,
     workers: usize,
+    output_buffer_size: i64,
     dir: &Path,
     tag: &str,
 ) -> anyhow::Result<(Vec<Proc>, PathBuf)> {
+    let obs = format!("--output-buffer-size={output_buffer_size}");
     let output = dir.join(format!("{tag}-results.jsonl"));
     let mut procs = Vec::new();
     procs.push(Proc::spawn(
@@ -250,6 +278,7 @@ fn start_services(
             format!("--nsqd-tcp-address={}", nsqd.tcp_address()),
             format!("--output={}", output.display()),
             "--http-address=127.0.0.1:0".into(),
+            obs.clone(),
         ],
         &dir.join(format!("{tag}-logger.log")),
     )?);
@@ -262,6 +291,7 @@ fn start_services(
                 format!("--destination-nsqd-tcp-address={}", nsqd.tcp_address()),
                 format!("--worker-id=bench-w{i}"),
                 "--http-address=127.0.0.1:0".into(),
+                obs.clone(),
             ],
             &dir.join(format!("{tag}-worker-{i}.log")),
         )?);
@@ -280,7 +310,7 @@ async fn pipeline(
     nsqd.create_channel("sensor_data", "worker").await;
     nsqd.create_channel("results", "logger").await;
     let tag = format!("pipeline-w{workers}");
-    let (mut procs, output) = start_services(&nsqd, workers, dir, &tag)?;
+    let (mut procs, output) = start_services(&nsqd, workers, 0, dir, &tag)?;
     let mut sensor = Proc::spawn(
         "sensor",
         &suite_bin("sensor")?,
@@ -463,18 +493,22 @@ async fn latency(
     rates: &[u64],
     seconds: u64,
     values: u32,
+    output_buffer_size: i64,
     dir: &Path,
     bar: &ProgressBar,
 ) -> anyhow::Result<(Vec<LatencyRun>, BTreeMap<String, u64>)> {
     let nsqd = Nsqd::start().await;
     nsqd.create_channel("sensor_data", "worker").await;
     nsqd.create_channel("results", "logger").await;
-    let (mut procs, output) = start_services(&nsqd, 2, dir, "latency")?;
+    let tag = format!("latency-obs{output_buffer_size}");
+    let (mut procs, output) = start_services(&nsqd, 2, output_buffer_size, dir, &tag)?;
     let mut runs = Vec::new();
     let mut memory = BTreeMap::new();
     let mut expected = 0usize;
     for &rate in rates {
-        bar.set_message(format!("latency at {rate} readings/s for {seconds} s"));
+        bar.set_message(format!(
+            "latency at {rate} readings/s for {seconds} s, --output-buffer-size {output_buffer_size}"
+        ));
         let count = rate * seconds;
         let sensor_id = format!("rate-{rate}");
         let mut sensor = Proc::spawn(
@@ -488,7 +522,7 @@ async fn latency(
                 format!("--values={values}"),
                 "--http-address=127.0.0.1:0".into(),
             ],
-            &dir.join(format!("latency-sensor-{rate}.log")),
+            &dir.join(format!("{tag}-sensor-{rate}.log")),
         )?;
         // The sensor's peak RSS is sampled while it runs (its /proc entry goes with it).
         let budget = Duration::from_secs(seconds * 3 + 30);
@@ -527,6 +561,7 @@ async fn latency(
             .collect();
         let run = LatencyRun {
             rate,
+            output_buffer_size,
             samples: h.len(),
             p50_ms: ms(0.5),
             p90_ms: ms(0.9),
@@ -537,7 +572,7 @@ async fn latency(
         say(
             bar,
             format!(
-            "latency at {rate}/s: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} samples)",
+            "latency at {rate}/s (--output-buffer-size {output_buffer_size}): p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} samples)",
             run.p50_ms, run.p90_ms, run.p99_ms, run.max_ms, run.samples
         ));
         runs.push(run);
@@ -585,19 +620,27 @@ fn print_table(r: &Results) {
     if !r.latency.is_empty() {
         println!("{:-<72}", "");
         println!(
-            "{:<16} {:>9} {:>10} {:>10} {:>10} {:>10}",
-            "latency, rate/s", "samples", "p50 ms", "p90 ms", "p99 ms", "max ms"
+            "{:<16} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "latency, rate/s", "out buf", "samples", "p50 ms", "p90 ms", "p99 ms", "max ms"
         );
         for l in &r.latency {
+            let buf = if l.output_buffer_size == 0 {
+                "nsqd".to_string()
+            } else {
+                l.output_buffer_size.to_string()
+            };
             println!(
-                "{:<16} {:>9} {:>10.2} {:>10.2} {:>10.2} {:>10.2}",
-                l.rate, l.samples, l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms
+                "{:<16} {:>8} {:>9} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+                l.rate, buf, l.samples, l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms
             );
         }
     }
     if !r.memory_peak_rss_bytes.is_empty() {
         println!("{:-<72}", "");
-        println!("peak RSS during the 5,000/s run:");
+        println!(
+            "peak RSS during the 5,000/s run (--output-buffer-size {}):",
+            r.output_buffer_for_memory
+        );
         for (name, bytes) in &r.memory_peak_rss_bytes {
             println!("  {:<12} {:>8.1} MB", name, *bytes as f64 / 1e6);
         }

@@ -132,19 +132,31 @@ pub fn latency(path: &Path, r: &Results) -> anyhow::Result<()> {
         .draw()
         .map_err(err)?;
     let colors = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+    let mut rates: Vec<u64> = r.latency.iter().map(|l| l.rate).collect();
+    rates.dedup();
     for (i, l) in r.latency.iter().enumerate() {
-        let color = colors[i % colors.len()];
+        // One colour per rate; nsqd's default buffering drawn thin, the low-latency setting thick.
+        let rate_index = rates.iter().position(|r| *r == l.rate).unwrap_or(i);
+        let color = colors[rate_index % colors.len()];
+        let width = if l.output_buffer_size == 0 { 1 } else { 3 };
         let pts: Vec<(f64, f64)> = l
             .distribution
             .iter()
             .map(|(q, ms)| (nines(*q), ms.max(min)))
             .collect();
         chart
-            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(width)))
             .map_err(err)?
-            .label(format!("{} readings/s", l.rate))
+            .label(if l.output_buffer_size == 0 {
+                format!("{} readings/s, nsqd default buffer", l.rate)
+            } else {
+                format!(
+                    "{} readings/s, --output-buffer-size {}",
+                    l.rate, l.output_buffer_size
+                )
+            })
             .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(width))
             });
         chart
             .draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())))
