@@ -634,7 +634,10 @@ mod tests {
             (&["--topic", "a b"], "invalid `--topic`"),
             (&["--channel", "a/b"], "invalid `--channel`"),
             (&["--max-in-flight", "0"], "invalid `--max-in-flight`"),
-            (&["--output-buffer-size", "10"], "invalid `--output-buffer-size`"),
+            (
+                &["--output-buffer-size", "10"],
+                "invalid `--output-buffer-size`",
+            ),
             (
                 &["--summary-interval", "often"],
                 "invalid `--summary-interval`",

@@ -568,7 +568,10 @@ mod tests {
                 "invalid `--dead-letter-topic`",
             ),
             (&["--max-in-flight", "0"], "invalid `--max-in-flight`"),
-            (&["--output-buffer-size", "10"], "invalid `--output-buffer-size`"),
+            (
+                &["--output-buffer-size", "10"],
+                "invalid `--output-buffer-size`",
+            ),
             (&["--max-age", "old"], "invalid `--max-age`"),
             (&["--max-age", "0s"], "invalid `--max-age`"),
             (&["--worker-id", ""], "invalid `--worker-id`"),

@@ -75,6 +75,8 @@ pub struct Handler {
     settings: Arc<Settings>,
     /// Publishes results and dead letters to `--destination-nsqd-tcp-address`.
     producer: Producer,
+    /// The metrics of the common path, looked up once.
+    hot: m::Hot,
     /// First deliveries seen, for the `--slow-every` fault injection.
     first_deliveries: Arc<AtomicU64>,
 }
@@ -82,9 +84,15 @@ pub struct Handler {
 impl Handler {
     /// A handler publishing with `producer`.
     pub fn new(settings: Arc<Settings>, producer: Producer) -> Self {
+        let hot = m::Hot::new(
+            &settings.topic,
+            &settings.channel,
+            &settings.destination_topic,
+        );
         Self {
             settings,
             producer,
+            hot,
             first_deliveries: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -108,8 +116,7 @@ impl Handler {
     pub async fn handle(&self, msg: Message) -> Outcome {
         let started = Instant::now();
         let s = &*self.settings;
-        metrics::counter!(m::CONSUMED, "topic" => s.topic.clone(), "channel" => s.channel.clone())
-            .increment(1);
+        self.hot.consumed.increment(1);
 
         let span = tracing::info_span!(
             "message",
@@ -121,20 +128,24 @@ impl Handler {
         );
         let outcome = self.process(msg).instrument(span).await;
 
-        let labels = [("topic", s.topic.clone()), ("channel", s.channel.clone())];
         match outcome {
-            Outcome::Finished | Outcome::DroppedStale => {
-                metrics::counter!(m::FINISHED, &labels).increment(1);
-            }
+            Outcome::Finished | Outcome::DroppedStale => self.hot.finished.increment(1),
             Outcome::DeadLettered(reason) => {
-                metrics::counter!(m::FINISHED, &labels).increment(1);
-                let mut labels = labels.to_vec();
-                labels.push(("reason", reason.as_str().to_owned()));
-                metrics::counter!(m::DEAD_LETTERED, &labels).increment(1);
+                self.hot.finished.increment(1);
+                metrics::counter!(
+                    m::DEAD_LETTERED,
+                    "topic" => s.topic.clone(), "channel" => s.channel.clone(), "reason" => reason.as_str()
+                )
+                .increment(1);
             }
-            Outcome::Requeued => metrics::counter!(m::REQUEUED, &labels).increment(1),
+            Outcome::Requeued => {
+                metrics::counter!(m::REQUEUED, "topic" => s.topic.clone(), "channel" => s.channel.clone())
+                    .increment(1)
+            }
         }
-        metrics::histogram!(m::HANDLER_SECONDS, &labels).record(started.elapsed().as_secs_f64());
+        self.hot
+            .handler_seconds
+            .record(started.elapsed().as_secs_f64());
         outcome
     }
 
@@ -232,8 +243,7 @@ impl Handler {
         };
         match self.producer.publish(&s.destination_topic, body).await {
             Ok(()) => {
-                metrics::counter!(m::PUBLISHED, "topic" => s.destination_topic.clone())
-                    .increment(1);
+                self.hot.published.increment(1);
                 tracing::debug!("result published");
                 msg.finish();
                 Outcome::Finished

@@ -72,3 +72,31 @@ pub fn register(topic: &str, channel: &str, destination_topic: &str) {
     }
     metrics::counter!(PUBLISHED, "topic" => destination_topic.to_owned()).increment(0);
 }
+
+/// Handles of the metrics every message touches, looked up once. Looking a metric up by name
+/// and labels (what `metrics::counter!` does on each call) hashes the key and clones the label
+/// strings: on the hot path that cost more than the worker's own computation.
+#[derive(Debug, Clone)]
+pub struct Hot {
+    /// [`CONSUMED`] for the worker's topic and channel.
+    pub consumed: metrics::Counter,
+    /// [`FINISHED`] for the worker's topic and channel.
+    pub finished: metrics::Counter,
+    /// [`PUBLISHED`] for the results topic.
+    pub published: metrics::Counter,
+    /// [`HANDLER_SECONDS`] for the worker's topic and channel.
+    pub handler_seconds: metrics::Histogram,
+}
+
+impl Hot {
+    /// The handles for `topic` and `channel`, results going to `destination_topic`.
+    pub fn new(topic: &str, channel: &str, destination_topic: &str) -> Self {
+        let labels = [("topic", topic.to_owned()), ("channel", channel.to_owned())];
+        Hot {
+            consumed: metrics::counter!(CONSUMED, &labels),
+            finished: metrics::counter!(FINISHED, &labels),
+            published: metrics::counter!(PUBLISHED, "topic" => destination_topic.to_owned()),
+            handler_seconds: metrics::histogram!(HANDLER_SECONDS, &labels),
+        }
+    }
+}
