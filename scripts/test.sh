@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Runs every test of nsq-suite: formatting and lints, unit and integration tests, end-to-end
 # tests of the real binaries against real NSQ v1.3.0 daemons, and the Python interop tests.
-# Installs what it needs that is missing (pinned NSQ binaries, the Python virtualenv, the
-# browser test's playwright-core; Debian's chromium comes from .ci/run or apt-get).
+# Installs what it needs that is missing: the pinned NSQ binaries, the Python virtualenv,
+# the browser test's playwright-core, and (as root) Debian's docker-compose and chromium.
 #
 #   scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+scripts/system-deps.sh
 scripts/build-nsq.sh
 NSQ_SUITE_PYTHON=$(scripts/python-env.sh)
 export NSQ_SUITE_PYTHON
