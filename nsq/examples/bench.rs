@@ -112,7 +112,8 @@ async fn main() -> anyhow::Result<()> {
         &[
             &format!("--nsqd-tcp-address={addr}"),
             "--topic=bench_go",
-            &format!("--runfor={seconds}s"),
+            // Twice the read phase, so that bench_reader never runs out of messages.
+            &format!("--runfor={}s", 2 * seconds),
             &format!("--size={SIZE}"),
             "--batch-size=200",
         ],
