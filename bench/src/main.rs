@@ -73,6 +73,10 @@ struct Cli {
     /// Longer runs: 1,000,000 readings per pipeline run, 20 s per rate and per Go run
     #[arg(long)]
     long: bool,
+    /// Extra flag for every nsqd of the run, e.g. `--nsqd-arg=--mem-queue-size=1000000`
+    /// (repeatable; every mode gets the same nsqd settings)
+    #[arg(long, allow_hyphen_values = true)]
+    nsqd_arg: Vec<String>,
     /// Where results.json and the plots go
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,
@@ -135,6 +139,7 @@ async fn main() -> anyhow::Result<()> {
             anyhow::bail!("unknown mode {m:?}: use pipeline, reference, raw, latency, memory");
         }
     }
+    let _ = NSQD_ARGS.set(cli.nsqd_arg.clone());
     std::fs::create_dir_all(&cli.out)
         .with_context(|| format!("cannot create {}", cli.out.display()))?;
     let values = values_for_200_bytes();
@@ -241,6 +246,18 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Extra nsqd flags for every mode (`--nsqd-arg`), set once from the command line.
+static NSQD_ARGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// A fresh nsqd with the same settings for every mode.
+async fn start_nsqd() -> Nsqd {
+    let mut b = Nsqd::builder();
+    for a in NSQD_ARGS.get().into_iter().flatten() {
+        b = b.arg(a.clone());
+    }
+    b.start().await
+}
+
 /// How many values make an encoded reading about 200 bytes, like the Go tools' messages.
 fn values_for_200_bytes() -> u32 {
     (1..200).find(|v| reading_size(*v) >= 200).unwrap_or(40)
@@ -306,7 +323,7 @@ async fn pipeline(
     values: u32,
     dir: &Path,
 ) -> anyhow::Result<PipelineRun> {
-    let nsqd = Nsqd::start().await;
+    let nsqd = start_nsqd().await;
     nsqd.create_channel("sensor_data", "worker").await;
     nsqd.create_channel("results", "logger").await;
     let tag = format!("pipeline-w{workers}");
@@ -401,7 +418,7 @@ fn span(path: &Path) -> anyhow::Result<(u64, u64)> {
 
 /// NSQ's Go tools as a two-hop pipeline.
 async fn reference(seconds: u64, dir: &Path) -> anyhow::Result<f64> {
-    let nsqd = Nsqd::start().await;
+    let nsqd = start_nsqd().await;
     nsqd.create_channel("sensor_data", "relay").await;
     nsqd.create_channel("results", "ch").await;
     let addr = nsqd.tcp_address();
@@ -457,7 +474,7 @@ async fn reference(seconds: u64, dir: &Path) -> anyhow::Result<f64> {
 
 /// `bench_writer` and `bench_reader` at once on one topic.
 async fn raw(seconds: u64) -> anyhow::Result<RawRun> {
-    let nsqd = Nsqd::start().await;
+    let nsqd = start_nsqd().await;
     nsqd.create_channel("sub_bench", "ch").await;
     let addr = nsqd.tcp_address();
     let run = format!("--runfor={seconds}s");
@@ -497,7 +514,7 @@ async fn latency(
     dir: &Path,
     bar: &ProgressBar,
 ) -> anyhow::Result<(Vec<LatencyRun>, BTreeMap<String, u64>)> {
-    let nsqd = Nsqd::start().await;
+    let nsqd = start_nsqd().await;
     nsqd.create_channel("sensor_data", "worker").await;
     nsqd.create_channel("results", "logger").await;
     let tag = format!("latency-obs{output_buffer_size}");

@@ -25,7 +25,7 @@ use std::{
 
 use messages::SensorReading;
 use nsq::{Message, Producer};
-use tracing::{field::Empty, Instrument as _};
+use tracing::Instrument as _;
 
 use crate::{
     config::Settings,
@@ -118,15 +118,21 @@ impl Handler {
         let s = &*self.settings;
         self.hot.consumed.increment(1);
 
-        let span = tracing::info_span!(
-            "message",
-            id = msg.id(),
-            attempt = msg.attempts(),
-            sensor_id = Empty,
-            epoch = Empty,
-            seq = Empty,
-        );
-        let outcome = self.process(msg).instrument(span).await;
+        // Decoded before the span is made, so that the span is created once with every field
+        // (recording fields later makes the log formatter format them again).
+        let decoded = SensorReading::decode(msg.body());
+        let span = match &decoded {
+            Ok(r) => tracing::info_span!(
+                "message",
+                id = msg.id(),
+                attempt = msg.attempts(),
+                sensor_id = r.sensor_id.as_str(),
+                epoch = r.epoch,
+                seq = r.seq,
+            ),
+            Err(_) => tracing::info_span!("message", id = msg.id(), attempt = msg.attempts()),
+        };
+        let outcome = self.process(msg, decoded).instrument(span).await;
 
         match outcome {
             Outcome::Finished | Outcome::DroppedStale => self.hot.finished.increment(1),
@@ -150,7 +156,11 @@ impl Handler {
     }
 
     /// Takes the message to its outcome (see the table in the module documentation).
-    async fn process(&self, msg: Message) -> Outcome {
+    async fn process(
+        &self,
+        msg: Message,
+        decoded: Result<SensorReading, messages::CodecError>,
+    ) -> Outcome {
         let s = &*self.settings;
         if msg.over_max_attempts() {
             let error = format!(
@@ -168,14 +178,8 @@ impl Handler {
                 .await;
         }
 
-        let reading = match SensorReading::decode(msg.body()) {
-            Ok(reading) => {
-                tracing::Span::current()
-                    .record("sensor_id", reading.sensor_id.as_str())
-                    .record("epoch", reading.epoch)
-                    .record("seq", reading.seq);
-                reading
-            }
+        let reading = match decoded {
+            Ok(reading) => reading,
             Err(e) => {
                 metrics::counter!(m::DECODE_ERRORS, "topic" => s.topic.clone(), "channel" => s.channel.clone())
                     .increment(1);
