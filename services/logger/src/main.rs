@@ -5,11 +5,6 @@ use std::process::ExitCode;
 use logger::{Application, Cli};
 use suite_common::{cli::CommonCommand, shutdown::CancellationToken};
 
-/// mimalloc instead of the system allocator: a service allocates a few small buffers per
-/// message, and glibc's (and musl's, in the images) allocator showed at the top of its profile.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse_args();
     suite_common::exit::finish(run(cli))
