@@ -61,6 +61,17 @@ fn assert_exactly_once(lines: &[serde_json::Value], sensors: &[(&str, u64)]) {
     }
 }
 
+/// True when the logger's `GET /workers` lists exactly `n` workers.
+async fn workers_listed(http: &str, n: usize) -> bool {
+    let Ok(r) = reqwest::get(format!("http://{http}/workers")).await else {
+        return false;
+    };
+    let Ok(v) = r.json::<serde_json::Value>().await else {
+        return false;
+    };
+    v["workers"].as_array().map(Vec::len) == Some(n)
+}
+
 /// Each worker's share of the results computed in `[from, to)` (unix ns).
 fn shares(lines: &[serde_json::Value], from: u64, to: u64) -> BTreeMap<String, f64> {
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
@@ -167,7 +178,8 @@ async fn workers_added_and_removed_at_runtime_share_the_load_and_nothing_is_lost
     nsqd.create_channel("results", "logger").await;
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("results.jsonl");
-    let mut log = logger(&[&lookupd], &output, &[]);
+    // A 1 s summary window: a worker that starts or stops must show within one period.
+    let mut log = logger(&[&lookupd], &output, &[flag("summary-interval", "1s")]);
     log.wait_healthy().await;
     // 4 in flight x 4 ms: about 1,000/s per worker; the sensor sends 1,500/s, so every
     // worker stays busy and the split follows NSQ's distribution, not idle time.
@@ -205,6 +217,12 @@ async fn workers_added_and_removed_at_runtime_share_the_load_and_nothing_is_lost
             .unwrap_or(false)
     })
     .await;
+    wait_until(
+        "GET /workers lists 3 workers",
+        Duration::from_secs(3),
+        || workers_listed(&log.http, 3),
+    )
+    .await;
     let three_from = now_ns();
     let n = count_lines(&output);
     wait_until(
@@ -218,6 +236,13 @@ async fn workers_added_and_removed_at_runtime_share_the_load_and_nothing_is_lost
     // Scale down to 2 with SIGTERM: a clean exit, nothing it held is lost.
     let status = w3.terminate(Duration::from_secs(20)).await;
     assert!(status.success(), "w3 exit: {status}");
+    // Within one summary period (plus a second of slack) the stopped worker is gone.
+    wait_until(
+        "GET /workers lists 2 workers",
+        Duration::from_secs(3),
+        || workers_listed(&log.http, 2),
+    )
+    .await;
     let two_from = now_ns();
     let n = count_lines(&output);
     wait_until(
