@@ -192,6 +192,71 @@ pub enum CommonCommand {
     Healthcheck,
 }
 
+/// A service's command line: its constants and two accessors; parsing and loading are written
+/// once here. Implement it for the service's clap parser (which flattens [`CommonArgs`] and
+/// its own flags) and bring the trait into scope where `Cli::parse_args()` is called.
+pub trait ServiceCli: clap::CommandFactory + clap::FromArgMatches + Sized {
+    /// Prefix of the service's environment variables, e.g. `WORKER`.
+    const ENV_PREFIX: &'static str;
+    /// Keys whose environment value is a comma-separated list.
+    const LIST_KEYS: &'static [&'static str];
+    /// The default `--http-address`, shown in `--help`.
+    const DEFAULT_HTTP_ADDRESS: &'static str;
+    /// The service's configuration.
+    type Config: Serialize + DeserializeOwned + Default;
+    /// The service's own flags (each an override of the config key of the same name).
+    type Flags: Serialize;
+
+    /// The flags every service has.
+    fn common(&self) -> &CommonArgs;
+    /// The service's own flags.
+    fn flags(&self) -> &Self::Flags;
+
+    /// The clap command, with each flag's environment variable added to its help.
+    fn command_with_env() -> clap::Command {
+        let command = Self::command().mut_arg("http_address", |arg| {
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            arg.help(format!("{help} [default: {}]", Self::DEFAULT_HTTP_ADDRESS))
+        });
+        with_env_help(command, Self::ENV_PREFIX)
+    }
+
+    /// Parses the process arguments; exits with code 2 (clap's usage error) when they are bad,
+    /// and 0 after `--help` or `--version`.
+    fn parse_args() -> Self {
+        let matches = Self::command_with_env().get_matches();
+        Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+
+    /// Parses the given arguments (the first is the program name).
+    fn try_parse_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Self::command_with_env().try_get_matches_from(args)?;
+        Self::from_arg_matches(&matches)
+    }
+
+    /// Loads the configuration from the flags, the process environment, the `--config` file
+    /// and the defaults.
+    fn load_config(&self) -> Result<Self::Config, ConfigError> {
+        self.common()
+            .load_config(Self::ENV_PREFIX, Self::LIST_KEYS, self.flags())
+    }
+
+    /// Same as [`ServiceCli::load_config`] with `env` in place of the process environment.
+    fn load_config_with_env(
+        &self,
+        env: &std::collections::HashMap<String, String>,
+    ) -> Result<Self::Config, ConfigError> {
+        self.common()
+            .sources(Self::ENV_PREFIX, Self::LIST_KEYS)
+            .env(env)
+            .load(&self.common().with(self.flags()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;

@@ -684,6 +684,16 @@ fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     }
 }
 
+/// Parses a duration such as `500ms`, `5s` or `2m`, naming the flag when it is not one.
+pub fn duration(flag: &str, text: &str) -> Result<std::time::Duration, ConfigError> {
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        ConfigError::value(
+            flag,
+            format!("'{text}' is not a duration such as 500ms, 5s or 2m ({e})"),
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write as _;

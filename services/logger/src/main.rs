@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use logger::{Application, Cli};
+use suite_common::cli::ServiceCli as _;
 use suite_common::{cli::CommonCommand, shutdown::CancellationToken};
 
 fn main() -> ExitCode {

@@ -5,13 +5,13 @@
 //! [`Config::default`]. [`Config::validate`] turns the loaded strings into [`Settings`], or a
 //! usage error that names the flag (exit code 2).
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
-use clap::{CommandFactory as _, FromArgMatches as _, Parser};
+use clap::Parser;
 use serde::{Deserialize, Serialize};
 use suite_common::{
-    cli::{CommonArgs, CommonCommand},
-    config::ConfigError,
+    cli::{CommonArgs, CommonCommand, ServiceCli},
+    config::{duration, ConfigError},
     telemetry::LogFormat,
 };
 
@@ -376,63 +376,26 @@ fn topic_name(flag: &str, topic: &str) -> Result<(), ConfigError> {
     }
 }
 
-/// Parses a duration such as `500ms`, `30s` or `2m`, naming the flag when it is not one.
-pub fn duration(flag: &str, text: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(text.trim()).map_err(|e| {
-        ConfigError::value(
-            flag,
-            format!("'{text}' is not a duration such as 500ms, 30s or 2m ({e})"),
-        )
-    })
-}
+impl ServiceCli for Cli {
+    const ENV_PREFIX: &'static str = ENV_PREFIX;
+    const LIST_KEYS: &'static [&'static str] = LIST_KEYS;
+    const DEFAULT_HTTP_ADDRESS: &'static str = DEFAULT_HTTP_ADDRESS;
+    type Config = Config;
+    type Flags = Flags;
 
-impl Cli {
-    /// The clap command, with each flag's environment variable added to its help.
-    pub fn command_with_env() -> clap::Command {
-        let command = Self::command().mut_arg("http_address", |arg| {
-            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
-            arg.help(format!("{help} [default: {DEFAULT_HTTP_ADDRESS}]"))
-        });
-        suite_common::cli::with_env_help(command, ENV_PREFIX)
+    fn common(&self) -> &CommonArgs {
+        &self.common
     }
 
-    /// Parses the process arguments; exits with code 2 (clap's usage error) when they are bad,
-    /// and 0 after `--help` or `--version`.
-    pub fn parse_args() -> Self {
-        let matches = Self::command_with_env().get_matches();
-        Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
-    }
-
-    /// Parses the given arguments (the first is the program name).
-    pub fn try_parse_args<I, T>(args: I) -> Result<Self, clap::Error>
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<std::ffi::OsString> + Clone,
-    {
-        let matches = Self::command_with_env().try_get_matches_from(args)?;
-        Self::from_arg_matches(&matches)
-    }
-
-    /// Loads the configuration from the flags, the process environment, the `--config` file
-    /// and the defaults.
-    pub fn load_config(&self) -> Result<Config, ConfigError> {
-        self.common.load_config(ENV_PREFIX, LIST_KEYS, &self.flags)
-    }
-
-    /// Same as [`Cli::load_config`] with `env` in place of the process environment (tests).
-    pub fn load_config_with_env(
-        &self,
-        env: &HashMap<String, String>,
-    ) -> Result<Config, ConfigError> {
-        self.common
-            .sources(ENV_PREFIX, LIST_KEYS)
-            .env(env)
-            .load(&self.common.with(&self.flags))
+    fn flags(&self) -> &Flags {
+        &self.flags
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     fn cli(args: &[&str]) -> Cli {

@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use suite_common::cli::ServiceCli as _;
 use suite_common::{cli::CommonCommand, shutdown::CancellationToken};
 use worker::{Application, Cli};
 
