@@ -694,6 +694,17 @@ pub fn duration(flag: &str, text: &str) -> Result<std::time::Duration, ConfigErr
     })
 }
 
+/// The effective configuration as one log line (`key = value, ...`, secrets redacted as in
+/// [`to_toml`]), for the start-up log of every service.
+pub fn to_one_line<T: Serialize>(config: &T) -> Result<String, ConfigError> {
+    Ok(to_toml(config)?
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(", "))
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write as _;
@@ -987,6 +998,19 @@ mod tests {
         let f = file(&text);
         let loaded = load(&env(&[]), Some(f.path()), &Flags::default()).unwrap();
         assert_eq!(loaded, TestConfig::default());
+    }
+
+    #[test]
+    fn the_one_line_form_is_the_toml_on_one_line_and_redacted() {
+        let config = TestConfig {
+            auth_secret: Some("hunter2".to_owned()),
+            ..TestConfig::default()
+        };
+        let line = to_one_line(&config).unwrap();
+        assert!(!line.contains('\n'), "{line}");
+        assert!(!line.contains("hunter2"), "{line}");
+        assert!(line.contains("auth_secret = \"<redacted>\", "), "{line}");
+        assert!(line.contains("log_format = \"text\""), "{line}");
     }
 
     #[test]

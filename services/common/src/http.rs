@@ -331,3 +331,27 @@ pub fn install_metrics(service: &str, id: &str) -> Result<PrometheusHandle, Http
     });
     Ok(handle)
 }
+
+/// Sets the gauge `name{role, nsqd}` of every node in `nodes` (address, connected) to 1 or 0,
+/// and to 0 for the nodes of `known` no longer listed (e.g. gone from nsqlookupd), so that a
+/// dropped node does not stay at 1. `known` remembers every node seen.
+pub fn set_node_gauges<'a>(
+    name: &'static str,
+    role: &'static str,
+    nodes: impl IntoIterator<Item = (&'a str, bool)>,
+    known: &mut std::collections::BTreeSet<String>,
+) {
+    let mut current = std::collections::BTreeSet::new();
+    for (addr, connected) in nodes {
+        metrics::gauge!(name, "role" => role, "nsqd" => addr.to_owned()).set(if connected {
+            1.0
+        } else {
+            0.0
+        });
+        current.insert(addr.to_owned());
+    }
+    for gone in known.difference(&current) {
+        metrics::gauge!(name, "role" => role, "nsqd" => gone.clone()).set(0.0);
+    }
+    known.extend(current);
+}

@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::Context as _;
 use axum::{extract::State, routing::get, Json, Router};
-use nsq::{ConnectionConfig, Consumer, ConsumerConfig, ConsumerStats, Message};
+use nsq::{ConnectionConfig, Consumer, ConsumerConfig, Message};
 use suite_common::{
     http::{self, BaseState, HttpServer, Readiness},
     shutdown::CancellationToken,
@@ -98,7 +98,7 @@ impl Application {
         let settings = Arc::new(config.validate()?);
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
-            config = %one_line(&suite_common::config::to_toml(&config)?),
+            config = %suite_common::config::to_one_line(&config)?,
             "starting logger"
         );
         let metrics = http::install_metrics(SERVICE, &settings.logger_id)?;
@@ -475,7 +475,12 @@ async fn sample(
         tick.tick().await;
         let stats = consumer.stats();
         let connections = stats.connections();
-        set_connection_gauges(&stats, &mut known);
+        http::set_node_gauges(
+            m::CONNECTIONS,
+            "consumer",
+            stats.nodes.iter().map(|n| (n.addr.as_str(), n.connected)),
+            &mut known,
+        );
         metrics::gauge!(m::IN_FLIGHT, "topic" => s.topic.clone(), "channel" => s.channel.clone())
             .set(f64::from(stats.in_flight()));
         if connections == 0 {
@@ -489,28 +494,4 @@ async fn sample(
             readiness.set_ready();
         }
     }
-}
-
-/// Sets the consumer's connection gauge of every nsqd in `stats` (1 connected, 0 not), and 0
-/// for the nsqd in `known` that the consumer no longer uses (e.g. gone from nsqlookupd).
-fn set_connection_gauges(stats: &ConsumerStats, known: &mut BTreeSet<String>) {
-    let mut current = BTreeSet::new();
-    for node in &stats.nodes {
-        metrics::gauge!(m::CONNECTIONS, "role" => "consumer", "nsqd" => node.addr.clone())
-            .set(if node.connected { 1.0 } else { 0.0 });
-        current.insert(node.addr.clone());
-    }
-    for gone in known.difference(&current) {
-        metrics::gauge!(m::CONNECTIONS, "role" => "consumer", "nsqd" => gone.clone()).set(0.0);
-    }
-    known.extend(current);
-}
-
-/// A multi-line TOML text as one log-friendly line.
-fn one_line(text: &str) -> String {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(", ")
 }

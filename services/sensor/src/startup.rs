@@ -70,7 +70,7 @@ impl Application {
         let settings = Arc::new(config.validate()?);
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
-            config = %one_line(&suite_common::config::to_toml(&config)?),
+            config = %suite_common::config::to_one_line(&config)?,
             "starting sensor"
         );
         let metrics = http::install_metrics(SERVICE, &settings.sensor_id)?;
@@ -238,15 +238,6 @@ async fn track_producer(
             return;
         }
     }
-}
-
-/// A multi-line TOML text as one log-friendly line.
-fn one_line(text: &str) -> String {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Now, in milliseconds since the Unix epoch (the epoch of a new run).

@@ -11,7 +11,7 @@
 use std::{collections::BTreeSet, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use nsq::{ConnectionConfig, Consumer, ConsumerConfig, ConsumerStats, Producer, ProducerConfig};
+use nsq::{ConnectionConfig, Consumer, ConsumerConfig, Producer, ProducerConfig};
 use suite_common::{
     http::{self, BaseState, HttpServer, Readiness},
     shutdown::CancellationToken,
@@ -66,7 +66,7 @@ impl Application {
         let settings = Arc::new(config.validate()?);
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
-            config = %one_line(&suite_common::config::to_toml(&config)?),
+            config = %suite_common::config::to_one_line(&config)?,
             "starting worker"
         );
         let metrics = http::install_metrics(SERVICE, &settings.worker_id)?;
@@ -240,7 +240,12 @@ async fn sample(consumer: Consumer, producer: Producer, readiness: Readiness, s:
         let stats = consumer.stats();
         let connections = stats.connections();
         let producer_up = producer.is_connected();
-        set_connection_gauges(&stats, &mut known);
+        http::set_node_gauges(
+            m::CONNECTIONS,
+            "consumer",
+            stats.nodes.iter().map(|n| (n.addr.as_str(), n.connected)),
+            &mut known,
+        );
         metrics::gauge!(
             m::CONNECTIONS,
             "role" => "producer", "nsqd" => s.destination_nsqd_tcp_address.clone()
@@ -262,28 +267,4 @@ async fn sample(consumer: Consumer, producer: Producer, readiness: Readiness, s:
             readiness.set_ready();
         }
     }
-}
-
-/// Sets the consumer's connection gauge of every nsqd in `stats` (1 connected, 0 not), and 0
-/// for the nsqd in `known` that the consumer no longer uses (e.g. gone from nsqlookupd).
-fn set_connection_gauges(stats: &ConsumerStats, known: &mut BTreeSet<String>) {
-    let mut current = BTreeSet::new();
-    for node in &stats.nodes {
-        metrics::gauge!(m::CONNECTIONS, "role" => "consumer", "nsqd" => node.addr.clone())
-            .set(if node.connected { 1.0 } else { 0.0 });
-        current.insert(node.addr.clone());
-    }
-    for gone in known.difference(&current) {
-        metrics::gauge!(m::CONNECTIONS, "role" => "consumer", "nsqd" => gone.clone()).set(0.0);
-    }
-    known.extend(current);
-}
-
-/// A multi-line TOML text as one log-friendly line.
-fn one_line(text: &str) -> String {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
