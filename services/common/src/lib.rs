@@ -45,3 +45,12 @@ pub mod healthcheck;
 pub mod http;
 pub mod shutdown;
 pub mod telemetry;
+
+/// Now, in nanoseconds since the Unix epoch (0 if the clock is before 1970): the time stamps
+/// of the messages (`taken_at`, `computed_at`, ...).
+pub fn unix_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

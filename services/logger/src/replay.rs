@@ -24,6 +24,7 @@ use std::{
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
+use suite_common::unix_nanos;
 
 use anyhow::Context as _;
 use messages::{ReplayRequest, ReplayUnavailable, SensorStatus, SCHEMA_VERSION};
@@ -38,7 +39,6 @@ use crate::{
     lost::{LossList, LossRecord},
     metrics as m,
     seen::Seen,
-    sink::unix_nanos,
 };
 
 /// How long one replay request may take to be published.

@@ -27,6 +27,7 @@ use std::{
     },
     time::{Duration, Instant},
 };
+use suite_common::unix_nanos;
 
 use anyhow::Context as _;
 use messages::WorkResult;
@@ -260,14 +261,6 @@ fn hex_head(body: &[u8]) -> String {
         text.push_str("...");
     }
     text
-}
-
-/// Now, in nanoseconds since the Unix epoch (0 if the clock is before 1970).
-pub(crate) fn unix_nanos() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ use std::{
     },
     time::Duration,
 };
+use suite_common::unix_nanos;
 
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -588,14 +589,6 @@ pub(crate) fn ranges(seqs: &[u64]) -> String {
         text += &format!(",... ({} more ranges)", total - parts.len());
     }
     text
-}
-
-/// Now, in nanoseconds since the Unix epoch (0 if the clock is before 1970).
-pub(crate) fn unix_nanos() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// Lets a repeated warning through at most once a second, counting the ones held back.

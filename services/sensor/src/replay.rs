@@ -21,6 +21,7 @@ use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
+use suite_common::unix_nanos;
 
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -31,7 +32,7 @@ use tracing::{field::Empty, Instrument as _};
 
 use crate::{
     config::Settings,
-    engine::{unix_nanos, MAX_BATCH, MAX_BATCH_BYTES},
+    engine::{MAX_BATCH, MAX_BATCH_BYTES},
     history::{History, SeqRange},
     metrics as m,
 };

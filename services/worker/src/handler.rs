@@ -205,7 +205,7 @@ impl Handler {
         let verdict = process::compute(
             reading,
             &s.worker_id,
-            process::unix_nanos(),
+            suite_common::unix_nanos(),
             s.max_age,
             s.stale_policy,
         );
@@ -281,7 +281,7 @@ impl Handler {
             &s.channel,
             msg.attempts(),
             error,
-            process::unix_nanos(),
+            suite_common::unix_nanos(),
         );
         let published = match letter.encode() {
             Ok(body) => self

@@ -90,14 +90,6 @@ pub fn requeue_delay(attempts: u16) -> Duration {
     (Duration::from_millis(100) * u32::from(attempts.max(1))).min(Duration::from_secs(10))
 }
 
-/// Now, in nanoseconds since the Unix epoch (0 if the clock is before 1970).
-pub fn unix_nanos() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
