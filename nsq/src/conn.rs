@@ -69,6 +69,16 @@ impl AsyncWrite for WriteHalf {
     }
 }
 
+impl WriteHalf {
+    /// Writes `buf` out and flushes (TLS buffers inside); the error as a disconnect reason.
+    pub(crate) async fn send(&mut self, buf: &[u8]) -> Result<(), String> {
+        self.write_all(buf)
+            .await
+            .map_err(|e| format!("write failed: {e}"))?;
+        self.flush().await.map_err(|e| format!("flush failed: {e}"))
+    }
+}
+
 /// Reads whole frames off a stream, reusing one buffer.
 pub(crate) struct FrameReader<R> {
     inner: R,

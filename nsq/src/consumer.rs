@@ -779,14 +779,9 @@ impl ConnTask {
         encode::sub(&mut out, &self.topic, &self.channel);
         connection
             .writer
-            .write_all(&out)
+            .send(&out)
             .await
-            .map_err(|e| format!("SUB write failed: {e}"))?;
-        connection
-            .writer
-            .flush()
-            .await
-            .map_err(|e| format!("SUB write failed: {e}"))?;
+            .map_err(|e| format!("SUB: {e}"))?;
         let resp = conn::handshake_response(
             &self.addr,
             "SUB",
@@ -928,14 +923,7 @@ impl ConnTask {
                     }
                 }
                 if !buf.is_empty() {
-                    writer
-                        .write_all(&buf)
-                        .await
-                        .map_err(|e| format!("write failed: {e}"))?;
-                    writer
-                        .flush()
-                        .await
-                        .map_err(|e| format!("flush failed: {e}"))?;
+                    writer.send(&buf).await?;
                     buf.clear();
                 }
                 if finished > 0 {

@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 
 use crate::backoff::Backoff;
@@ -522,14 +521,7 @@ async fn pump(
             }
             encoder.flush(&mut buf);
             if !buf.is_empty() {
-                writer
-                    .write_all(&buf)
-                    .await
-                    .map_err(|e| format!("write failed: {e}"))?;
-                writer
-                    .flush()
-                    .await
-                    .map_err(|e| format!("flush failed: {e}"))?;
+                writer.send(&buf).await?;
                 buf.clear();
                 if buf.capacity() > 4 * 1024 * 1024 {
                     buf = BytesMut::with_capacity(64 * 1024);
