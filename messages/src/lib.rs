@@ -317,6 +317,16 @@ pub struct SensorStatus {
     /// True for the last announcement of the epoch, sent when the sensor shuts down.
     #[serde(rename = "final")]
     pub final_: bool,
+    /// Oldest seq the sensor still holds for replay: `oldest_seq..=last_seq` can be asked
+    /// for, anything older cannot. Optional on the wire: absent (or 0) means not announced,
+    /// as written by sensors older than this field.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub oldest_seq: u64,
+}
+
+/// Whether an optional number is absent (serde's `skip_serializing_if`).
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A message that a consumer gave up on, published on `<topic>` + [`DEAD_LETTER_SUFFIX`].

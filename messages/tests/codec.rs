@@ -77,6 +77,7 @@ fn sensor_status() -> SensorStatus {
         last_seq: 42,
         at: 1_700_000_006_000_000_000,
         final_: true,
+        oldest_seq: 0,
     }
 }
 
@@ -383,6 +384,27 @@ fn sensor_status_final_is_named_final_on_the_wire() {
     // (serde_json::Value works here because SensorStatus has no bin field.)
     assert_eq!(value["final"], json!(true));
     assert!(value.get("final_").is_none());
+}
+
+#[test]
+fn sensor_status_oldest_seq_is_optional() {
+    // Written only when announced, so that the pinned bytes (a status without it) still
+    // stand, and a status from an older sensor decodes with 0, "not announced".
+    assert!(from_hex(SENSOR_STATUS_HEX) == sensor_status().encode().unwrap());
+    assert_eq!(
+        SensorStatus::decode(&from_hex(SENSOR_STATUS_HEX))
+            .unwrap()
+            .oldest_seq,
+        0
+    );
+    let status = SensorStatus {
+        oldest_seq: 7,
+        ..sensor_status()
+    };
+    let bytes = status.encode().unwrap();
+    let value: Value = rmp_serde::from_slice(&bytes).unwrap();
+    assert_eq!(value["oldest_seq"], json!(7));
+    assert_eq!(SensorStatus::decode(&bytes).unwrap(), status);
 }
 
 #[test]

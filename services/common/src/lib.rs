@@ -43,6 +43,7 @@ pub mod config;
 pub mod exit;
 pub mod healthcheck;
 pub mod http;
+pub mod log_limit;
 pub mod shutdown;
 pub mod telemetry;
 

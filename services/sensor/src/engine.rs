@@ -31,6 +31,7 @@ use bytes::Bytes;
 use messages::{SensorReading, SensorStatus, SCHEMA_VERSION};
 use nsq::{Producer, PublishError};
 use rand::{rngs::StdRng, Rng as _, SeedableRng as _};
+use suite_common::log_limit::LogLimiter;
 use suite_common::shutdown::CancellationToken;
 use tokio::{
     task::{self, JoinError, JoinSet},
@@ -192,6 +193,7 @@ impl Engine {
             Arc::clone(&self.settings),
             self.epoch,
             Arc::clone(&self.confirmed_seq),
+            Arc::clone(&self.history),
         ));
         tokio::pin!(shutdown);
         let reason = self.run_loop(shutdown.as_mut()).await;
@@ -468,6 +470,7 @@ impl Engine {
             last_seq: self.last_seq,
             at: unix_nanos(),
             final_: true,
+            oldest_seq: replayable_from(&self.history),
         };
         match publish_status(
             &self.producer,
@@ -530,6 +533,7 @@ pub(crate) async fn announce_status(
     settings: Arc<Settings>,
     epoch: u64,
     confirmed_seq: Arc<AtomicU64>,
+    history: Arc<Mutex<History>>,
 ) {
     let mut tick = tokio::time::interval(settings.status_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -543,12 +547,19 @@ pub(crate) async fn announce_status(
             last_seq: confirmed_seq.load(Ordering::Relaxed),
             at: unix_nanos(),
             final_: false,
+            oldest_seq: replayable_from(&history),
         };
         if let Err(e) = publish_status(&producer, &settings.status_topic, &status, timeout).await {
             // nsqd being away is already logged by the producer.
             tracing::debug!(error = %e, "status not announced");
         }
     }
+}
+
+/// The oldest seq the history can still replay (0 when unknown: the lock is poisoned, which
+/// only a panic elsewhere can cause; the logger then falls back to asking).
+fn replayable_from(history: &Mutex<History>) -> u64 {
+    history.lock().map_or(0, |h| h.replayable_from())
 }
 
 /// The pause before retrying after `failures` transient failures in a row.
@@ -591,32 +602,6 @@ pub(crate) fn ranges(seqs: &[u64]) -> String {
     text
 }
 
-/// Lets a repeated warning through at most once a second, counting the ones held back.
-#[derive(Debug, Default)]
-struct LogLimiter {
-    /// When a warning last went through.
-    last: Option<std::time::Instant>,
-    /// Warnings held back since then.
-    suppressed: u64,
-}
-
-impl LogLimiter {
-    /// `Some(held back since the last one)` when this warning should be logged.
-    fn check(&mut self) -> Option<u64> {
-        let now = std::time::Instant::now();
-        match self.last {
-            Some(last) if now.duration_since(last) < Duration::from_secs(1) => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -636,15 +621,5 @@ mod tests {
         assert_eq!(ranges(&[1, 2, 3, 7, 9, 10]), "1-3,7,9-10");
         let many: Vec<u64> = (0..30).map(|i| i * 2).collect();
         assert!(ranges(&many).ends_with(",... (10 more ranges)"));
-    }
-
-    #[test]
-    fn limiter_lets_one_through_per_second() {
-        let mut l = LogLimiter::default();
-        assert_eq!(l.check(), Some(0));
-        assert_eq!(l.check(), None);
-        assert_eq!(l.check(), None);
-        l.last = Some(std::time::Instant::now() - Duration::from_secs(2));
-        assert_eq!(l.check(), Some(2));
     }
 }

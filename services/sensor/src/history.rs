@@ -115,6 +115,17 @@ impl History {
         self.last_seq
     }
 
+    /// The oldest seq a replay can still send, as announced in `SensorStatus::oldest_seq`:
+    /// the oldest held, else the one after the last taken (nothing older is held), and 0
+    /// before the first reading.
+    pub fn replayable_from(&self) -> u64 {
+        match self.oldest_seq() {
+            Some(oldest) => oldest,
+            None if self.last_seq == 0 => 0,
+            None => self.last_seq.saturating_add(1),
+        }
+    }
+
     /// What a replay of `from..=to` can send: the readings held, the part evicted (lost
     /// unless the requester has it) and the part not taken yet. Seq 0 is never taken.
     pub fn replay(&self, from: u64, to: u64) -> Replay {
