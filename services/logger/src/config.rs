@@ -15,7 +15,7 @@ use suite_common::{
     telemetry::LogFormat,
 };
 
-use crate::gaps::GapSettings;
+use crate::{gaps::GapSettings, seen::SeenLimits};
 
 /// Prefix of the logger's environment variables (`LOGGER_OUTPUT`, ...).
 pub const ENV_PREFIX: &str = "LOGGER";
@@ -292,6 +292,8 @@ pub struct Settings {
     pub detect_gaps: bool,
     /// How gaps are detected and asked for.
     pub gaps: GapSettings,
+    /// Bounds of the de-duplication state.
+    pub seen_limits: SeenLimits,
     /// Topic of the sensors' status announcements (a valid NSQ topic name).
     pub status_topic: String,
     /// Topic the replay requests are published to.
@@ -433,6 +435,7 @@ impl Config {
                 backoff_max: replay_backoff.saturating_mul(16),
                 ..GapSettings::default()
             },
+            seen_limits: SeenLimits::default(),
             status_topic: self.status_topic.clone(),
             replay_topic: self.replay_topic.clone(),
             replay_unavailable_topic: self.replay_unavailable_topic.clone(),

@@ -36,7 +36,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::seen::{Seen, SeqSet};
+use crate::seen::{EpochSet, Seen, SeqSet};
 
 /// How gaps are detected and asked for (from the logger's flags).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +54,16 @@ pub struct GapSettings {
     pub coalesce: u64,
     /// Most seqs in one request.
     pub max_span: u64,
+    /// Most requests made in one tick, over all sensor epochs: a huge gap (or thousands of
+    /// them) is asked for a slice at a time, never materialised whole.
+    pub max_requests_per_tick: usize,
+    /// Seqs further than this below an epoch's high-water mark are never asked for when the
+    /// sensor did not announce the oldest seq it holds: no sensor history is that long, so
+    /// they are reported lost at once (`--replay-window`).
+    pub replay_window: u64,
+    /// Most sensor epochs tracked; past it the least recently active one is forgotten
+    /// (`--max-sensor-epochs`).
+    pub max_epochs: usize,
 }
 
 impl Default for GapSettings {
@@ -65,6 +75,9 @@ impl Default for GapSettings {
             backoff_max: Duration::from_secs(30),
             coalesce: 16,
             max_span: 10_000,
+            max_requests_per_tick: 16,
+            replay_window: 1_000_000,
+            max_epochs: 4096,
         }
     }
 }
@@ -136,8 +149,18 @@ pub struct TickOutcome {
     /// Requests to publish now.
     pub asks: Vec<Ask>,
     /// Gaps given up on (already recorded as lost in the tracker; the caller reports and
-    /// persists them).
+    /// persists them): [`LossReason::Unanswered`] after the last request, or
+    /// [`LossReason::Unavailable`] at once for seqs older than the sensor holds.
     pub losses: Vec<Loss>,
+    /// Due requests left for a later tick (`max_requests_per_tick` was reached).
+    pub deferred: u64,
+    /// Sensor epochs forgotten since the last tick because `max_epochs` was reached, and one
+    /// of them for the log.
+    pub evicted: u64,
+    /// One of the `evicted` epochs, `(sensor_id, epoch)`.
+    pub evicted_example: Option<(String, u64)>,
+    /// Complete epochs (final announcement, nothing missing) dropped since the last tick.
+    pub completed: u64,
     /// Ranges reported lost that are in the output after all (reason
     /// [`LossReason::Recovered`]; already removed from the tracker's losses).
     pub recovered: Vec<Loss>,
@@ -157,12 +180,20 @@ struct Gap {
 }
 
 /// What the tracker knows of one sensor epoch.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct EpochState {
     /// Highest `last_seq` the sensor announced.
     announced: u64,
+    /// Highest `oldest_seq` the sensor announced: older seqs cannot be replayed (0: not
+    /// announced).
+    oldest: u64,
     /// Whether the sensor announced the end of the epoch.
     final_: bool,
+    /// Last time anything happened to this epoch (an announcement, a new seq written): the
+    /// least recently active epoch is the one forgotten at `max_epochs`.
+    active_at: Instant,
+    /// Since when the epoch is complete (final, nothing missing, nothing asked for).
+    complete_since: Option<Instant>,
     /// `(when, high-water mark)` each time the mark rose; the oldest kept is the newest one
     /// older than the grace period.
     highs: VecDeque<(Instant, u64)>,
@@ -180,13 +211,44 @@ struct EpochState {
     highest_written: u64,
 }
 
+impl EpochState {
+    /// A new epoch's state, active `now`.
+    fn new(now: Instant) -> Self {
+        Self {
+            announced: 0,
+            oldest: 0,
+            final_: false,
+            active_at: now,
+            complete_since: None,
+            highs: VecDeque::new(),
+            gaps: Vec::new(),
+            lost: SeqSet::default(),
+            asked: 0,
+            missing: 0,
+            written: 0,
+            highest_written: 0,
+        }
+    }
+}
+
+/// How long an epoch stays in the tracker (and in `GET /gaps`) once complete.
+const COMPLETE_LINGER: Duration = Duration::from_secs(60);
+
 /// The gap tracker of one logger: see the module documentation.
 #[derive(Debug)]
 pub struct Gaps {
     /// The settings.
     settings: GapSettings,
-    /// Per `(sensor_id, epoch)`.
+    /// Per `(sensor_id, epoch)`, at most `settings.max_epochs`.
     epochs: HashMap<(String, u64), EpochState>,
+    /// Epochs dropped as complete, or forgotten at `max_epochs`: not tracked again (at most
+    /// `max_epochs` remembered), so that the results of a forgotten epoch are not taken for
+    /// a gap covering everything before them.
+    dropped: EpochSet,
+    /// Epochs forgotten at `max_epochs` since the last tick, and one of them.
+    evicted: (u64, Option<(String, u64)>),
+    /// Complete epochs dropped since the last tick.
+    completed: u64,
 }
 
 impl Gaps {
@@ -194,10 +256,21 @@ impl Gaps {
     pub fn new(mut settings: GapSettings) -> Self {
         settings.max_attempts = settings.max_attempts.max(1);
         settings.max_span = settings.max_span.max(1);
+        settings.max_requests_per_tick = settings.max_requests_per_tick.max(1);
+        settings.replay_window = settings.replay_window.max(1);
+        settings.max_epochs = settings.max_epochs.max(1);
         Self {
             settings,
             epochs: HashMap::new(),
+            dropped: EpochSet::default(),
+            evicted: (0, None),
+            completed: 0,
         }
+    }
+
+    /// Number of sensor epochs tracked.
+    pub fn epoch_count(&self) -> usize {
+        self.epochs.len()
     }
 
     /// The settings in use.
@@ -205,18 +278,34 @@ impl Gaps {
         &self.settings
     }
 
-    /// Takes note of a sensor's announcement of its latest seq.
-    pub fn on_status(&mut self, sensor_id: &str, epoch: u64, last_seq: u64, final_: bool) {
-        let state = self.state(sensor_id, epoch);
+    /// Takes note of a sensor's announcement of its latest seq and of the oldest one it
+    /// still holds (0: not announced). An epoch already dropped (complete, or forgotten) is
+    /// not tracked again.
+    pub fn on_status(
+        &mut self,
+        sensor_id: &str,
+        epoch: u64,
+        last_seq: u64,
+        oldest_seq: u64,
+        final_: bool,
+        now: Instant,
+    ) {
+        let Some(state) = self.state(sensor_id, epoch, now) else {
+            return;
+        };
         state.announced = state.announced.max(last_seq);
+        state.oldest = state.oldest.max(oldest_seq);
         state.final_ |= final_;
+        state.active_at = now;
     }
 
     /// Records a range as lost without reporting it (restoring the loss list at start-up, or
     /// after the caller persisted the result of [`Gaps::unavailable`]). Returns how many seqs
     /// were not already recorded.
     pub fn mark_lost(&mut self, sensor_id: &str, epoch: u64, from: u64, to: u64) -> u64 {
-        let state = self.state(sensor_id, epoch);
+        let Some(state) = self.state(sensor_id, epoch, Instant::now()) else {
+            return 0;
+        };
         let added = state.lost.insert_range(from, to);
         state.gaps = subtract_gaps(std::mem::take(&mut state.gaps), from, to);
         added
@@ -224,11 +313,14 @@ impl Gaps {
 
     /// Takes a range out of the losses (restoring a `recovered` record at start-up).
     pub fn unmark_lost(&mut self, sensor_id: &str, epoch: u64, from: u64, to: u64) -> u64 {
-        self.state(sensor_id, epoch).lost.remove_range(from, to)
+        self.state(sensor_id, epoch, Instant::now())
+            .map_or(0, |state| state.lost.remove_range(from, to))
     }
 
     /// The parts of `from..=to` that a sensor's "unavailable" answer makes lost: those neither
-    /// written nor already recorded as lost. Nothing is recorded: persist them, then call
+    /// written nor already recorded as lost, up to the epoch's high-water mark (a seq beyond
+    /// every one written or announced cannot be missing, so an answer about it is ignored, as
+    /// is one about an epoch not tracked). Nothing is recorded: persist them, then call
     /// [`Gaps::mark_lost`].
     pub fn unavailable(
         &self,
@@ -239,10 +331,15 @@ impl Gaps {
         seen: &Seen,
     ) -> Vec<(u64, u64)> {
         let written = seen.epoch(sensor_id, epoch);
-        let lost = self
-            .epochs
-            .get(&(sensor_id.to_owned(), epoch))
-            .map(|s| &s.lost);
+        let state = self.epochs.get(&(sensor_id.to_owned(), epoch));
+        if state.is_none() && written.is_none() {
+            return Vec::new();
+        }
+        let lost = state.map(|s| &s.lost);
+        let high = written
+            .map_or(0, SeqSet::max)
+            .max(state.map_or(0, |s| s.announced));
+        let to = to.min(high);
         let mut out = Vec::new();
         let not_written = match written {
             Some(set) => set.subtract_from(from, to),
@@ -275,13 +372,30 @@ impl Gaps {
     /// Looks at every sensor epoch: updates the gaps from what is written and announced, and
     /// says which ranges to ask for and which to give up on.
     pub fn tick(&mut self, now: Instant, seen: &Seen) -> TickOutcome {
+        // Epochs the de-duplication state forgot at its limits are not checked either: their
+        // next results would look like a gap covering everything before them.
+        let forgotten: Vec<(String, u64)> = self
+            .epochs
+            .keys()
+            .filter(|k| seen.is_forgotten(k))
+            .cloned()
+            .collect();
+        for key in forgotten {
+            self.epochs.remove(&key);
+            self.dropped.insert(key, self.settings.max_epochs);
+        }
         for (sensor_id, epoch, _) in seen.iter() {
-            if !self.epochs.contains_key(&(sensor_id.to_owned(), epoch)) {
-                self.state(sensor_id, epoch);
+            let key = (sensor_id.to_owned(), epoch);
+            if !self.epochs.contains_key(&key)
+                && !self.dropped.contains(&key)
+                && !seen.is_forgotten(&key)
+            {
+                self.state(sensor_id, epoch, now);
             }
         }
         let settings = self.settings.clone();
         let mut outcome = TickOutcome::default();
+        let mut budget = settings.max_requests_per_tick;
         for ((sensor_id, epoch), state) in &mut self.epochs {
             let written = seen.epoch(sensor_id, *epoch);
             if let Some(written) = written {
@@ -295,7 +409,22 @@ impl Gaps {
                     });
                 }
             }
-            let (asks, losses) = state.tick(&settings, now, written);
+            let EpochTick {
+                asks,
+                losses,
+                unavailable,
+                deferred,
+            } = state.tick(&settings, now, written, &mut budget);
+            outcome.deferred += deferred;
+            outcome
+                .losses
+                .extend(unavailable.into_iter().map(|(from, to)| Loss {
+                    sensor_id: sensor_id.clone(),
+                    epoch: *epoch,
+                    from,
+                    to,
+                    reason: LossReason::Unavailable,
+                }));
             outcome
                 .asks
                 .extend(asks.into_iter().map(|(from, to, attempt)| Ask {
@@ -318,27 +447,69 @@ impl Gaps {
         outcome
             .asks
             .sort_by(|a, b| (&a.sensor_id, a.epoch, a.from).cmp(&(&b.sensor_id, b.epoch, b.from)));
+
+        // Complete epochs leave once they have been complete for a while.
+        let done: Vec<(String, u64)> = self
+            .epochs
+            .iter()
+            .filter(|(_, s)| {
+                s.complete_since
+                    .is_some_and(|t| now.saturating_duration_since(t) >= COMPLETE_LINGER)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in done {
+            self.epochs.remove(&key);
+            self.dropped.insert(key, self.settings.max_epochs);
+            self.completed += 1;
+        }
+        outcome.completed = std::mem::take(&mut self.completed);
+        let (evicted, example) = std::mem::take(&mut self.evicted);
+        outcome.evicted = evicted;
+        outcome.evicted_example = example;
         outcome
     }
 
-    /// What the tracker knows, for `GET /gaps` (as of the last tick).
+    /// The totals over every epoch (as of the last tick), without building a report.
+    pub fn totals(&self) -> GapTotals {
+        let mut t = GapTotals {
+            epochs: self.epochs.len(),
+            ..GapTotals::default()
+        };
+        for s in self.epochs.values() {
+            t.missing += s.missing;
+            t.pending += s.gaps.iter().map(|g| g.to - g.from + 1).sum::<u64>();
+            t.lost += s.lost.len();
+            t.replay_requests += s.asked;
+        }
+        t
+    }
+
+    /// What the tracker knows, for `GET /gaps` (as of the last tick). Bounded whatever the
+    /// input: the [`REPORT_MAX_EPOCHS`] epochs with the most missing seqs, each with its
+    /// first [`REPORT_MAX_RANGES`] gaps and lost ranges; the totals count everything.
     pub fn report(&self, now: Instant) -> GapsReport {
-        let mut epochs: Vec<EpochReport> = self
-            .epochs
-            .iter()
+        let mut order: Vec<(&(String, u64), &EpochState)> = self.epochs.iter().collect();
+        order.sort_by(|(ka, a), (kb, b)| b.missing.cmp(&a.missing).then_with(|| ka.cmp(kb)));
+        order.truncate(REPORT_MAX_EPOCHS);
+        let mut epochs: Vec<EpochReport> = order
+            .into_iter()
             .map(|((sensor_id, epoch), s)| EpochReport {
                 sensor_id: sensor_id.clone(),
                 epoch: *epoch,
                 written: s.written,
                 highest_written: s.highest_written,
                 announced_last_seq: s.announced,
+                announced_oldest_seq: s.oldest,
                 final_: s.final_,
                 missing: s.missing,
                 lost: s.lost.len(),
                 replay_requests: s.asked,
+                gap_count: s.gaps.len(),
                 gaps: s
                     .gaps
                     .iter()
+                    .take(REPORT_MAX_RANGES)
                     .map(|g| GapReport {
                         from_seq: g.from,
                         to_seq: g.to,
@@ -347,34 +518,67 @@ impl Gaps {
                             as u64,
                     })
                     .collect(),
+                lost_range_count: s.lost.range_count(),
                 lost_ranges: s
                     .lost
                     .ranges()
+                    .take(REPORT_MAX_RANGES)
                     .map(|(from_seq, to_seq)| SeqRange { from_seq, to_seq })
                     .collect(),
             })
             .collect();
         epochs.sort_by(|a, b| (&a.sensor_id, a.epoch).cmp(&(&b.sensor_id, b.epoch)));
+        let totals = self.totals();
         GapsReport {
             grace_ms: self.settings.grace.as_millis() as u64,
-            missing: epochs.iter().map(|e| e.missing).sum(),
-            pending: epochs
-                .iter()
-                .flat_map(|e| &e.gaps)
-                .map(|g| g.to_seq - g.from_seq + 1)
-                .sum(),
-            lost: epochs.iter().map(|e| e.lost).sum(),
-            replay_requests: epochs.iter().map(|e| e.replay_requests).sum(),
+            missing: totals.missing,
+            pending: totals.pending,
+            lost: totals.lost,
+            replay_requests: totals.replay_requests,
+            epochs_tracked: totals.epochs,
             epochs,
         }
     }
 
-    /// The state of one sensor epoch, created empty when new.
-    fn state(&mut self, sensor_id: &str, epoch: u64) -> &mut EpochState {
-        self.epochs
-            .entry((sensor_id.to_owned(), epoch))
-            .or_default()
+    /// The state of one sensor epoch, created empty when new; `None` for an epoch dropped
+    /// earlier. Creating one beyond `max_epochs` forgets the least recently active epoch.
+    fn state(&mut self, sensor_id: &str, epoch: u64, now: Instant) -> Option<&mut EpochState> {
+        let key = (sensor_id.to_owned(), epoch);
+        if self.dropped.contains(&key) {
+            return None;
+        }
+        if !self.epochs.contains_key(&key) && self.epochs.len() >= self.settings.max_epochs {
+            let oldest = self
+                .epochs
+                .iter()
+                .min_by_key(|(_, s)| s.active_at)
+                .map(|(k, _)| k.clone());
+            if let Some(oldest) = oldest {
+                self.epochs.remove(&oldest);
+                self.dropped
+                    .insert(oldest.clone(), self.settings.max_epochs);
+                self.evicted.0 += 1;
+                self.evicted.1.get_or_insert(oldest);
+            }
+        }
+        Some(
+            self.epochs
+                .entry(key)
+                .or_insert_with(|| EpochState::new(now)),
+        )
     }
+}
+
+/// What one epoch's tick decided.
+struct EpochTick {
+    /// Requests as `(from, to, attempt)`.
+    asks: Vec<(u64, u64, u32)>,
+    /// Ranges given up on after the last request.
+    losses: Vec<(u64, u64)>,
+    /// Due ranges older than the sensor can replay: lost at once.
+    unavailable: Vec<(u64, u64)>,
+    /// Due gaps not asked for in this tick for lack of budget.
+    deferred: u64,
 }
 
 impl EpochState {
@@ -394,16 +598,20 @@ impl EpochState {
         found
     }
 
-    /// One tick for this epoch: `(asks as (from, to, attempt), losses as (from, to))`.
-    #[allow(clippy::type_complexity)]
+    /// One tick for this epoch. `budget` is how many requests may still be made in this
+    /// tick; what is due beyond it waits for the next tick.
     fn tick(
         &mut self,
         s: &GapSettings,
         now: Instant,
         written: Option<&SeqSet>,
-    ) -> (Vec<(u64, u64, u32)>, Vec<(u64, u64)>) {
+        budget: &mut usize,
+    ) -> EpochTick {
         let empty = SeqSet::default();
         let written = written.unwrap_or(&empty);
+        if written.len() != self.written {
+            self.active_at = now;
+        }
         self.written = written.len();
         self.highest_written = written.max();
 
@@ -435,7 +643,35 @@ impl EpochState {
             .iter()
             .map(|(a, b)| b - a + 1)
             .sum();
-        let due = not_lost(written.missing(due_high), &self.lost);
+        let mut due = not_lost(written.missing(due_high), &self.lost);
+
+        // What is due but older than the sensor can replay is lost at once, without asking:
+        // below the oldest seq it announced, or, when it announced none, further below the
+        // high-water mark than any sensor history reaches (`replay_window`).
+        let floor = if self.oldest > 0 {
+            self.oldest
+        } else {
+            due_high.saturating_sub(s.replay_window - 1).max(1)
+        };
+        let mut unavailable = Vec::new();
+        if due.first().is_some_and(|(from, _)| *from < floor) {
+            let mut rest = Vec::with_capacity(due.len());
+            for (from, to) in due {
+                if from >= floor {
+                    rest.push((from, to));
+                    continue;
+                }
+                unavailable.push((from, to.min(floor - 1)));
+                if to >= floor {
+                    rest.push((floor, to));
+                }
+            }
+            due = rest;
+        }
+        for (from, to) in &unavailable {
+            self.lost.insert_range(*from, *to);
+            self.missing = self.missing.saturating_sub(to - from + 1);
+        }
 
         // Carry the request state of the previous gaps over to what is still missing.
         let mut gaps = Vec::with_capacity(due.len());
@@ -472,31 +708,76 @@ impl EpochState {
             }
         }
 
-        // Ask for what is due, give up on what was asked for too often.
+        // Ask for what is due, a slice at a time within the budget; give up on what was
+        // asked for too often.
         let mut asks: Vec<(u64, u64, u32)> = Vec::new();
         let mut losses = Vec::new();
-        gaps.retain_mut(|g| {
+        let mut deferred = 0;
+        let mut kept = Vec::with_capacity(gaps.len() + 1);
+        for mut g in gaps {
             if g.next_at > now {
-                return true;
+                kept.push(g);
+                continue;
             }
             if g.attempts >= s.max_attempts {
                 losses.push((g.from, g.to));
-                return false;
+                continue;
+            }
+            if *budget == 0 {
+                deferred += 1;
+                kept.push(g);
+                continue;
+            }
+            // At most `budget` requests of `max_span` seqs: the rest of a longer gap stays
+            // due, as a gap of its own, for the next tick.
+            let most = s.max_span.saturating_mul(*budget as u64);
+            if g.to - g.from >= most {
+                let rest = Gap {
+                    from: g.from + most,
+                    ..g.clone()
+                };
+                g.to = g.from + most - 1;
+                g.attempts += 1;
+                g.next_at = now + backoff(s, g.attempts);
+                *budget = budget.saturating_sub(span_requests(g.from, g.to, s.max_span));
+                asks.push((g.from, g.to, g.attempts));
+                kept.push(g);
+                kept.push(rest);
+                deferred += 1;
+                continue;
             }
             g.attempts += 1;
             g.next_at = now + backoff(s, g.attempts);
+            *budget = budget.saturating_sub(span_requests(g.from, g.to, s.max_span));
             asks.push((g.from, g.to, g.attempts));
-            true
-        });
+            kept.push(g);
+        }
         for (from, to) in &losses {
             self.lost.insert_range(*from, *to);
             self.missing = self.missing.saturating_sub(to - from + 1);
         }
-        self.gaps = gaps;
+        self.gaps = kept;
         let asks = coalesce(asks, s.coalesce, s.max_span);
         self.asked += asks.len() as u64;
-        (asks, losses)
+
+        let complete = self.final_ && self.missing == 0 && self.gaps.is_empty();
+        self.complete_since = match (complete, self.complete_since) {
+            (false, _) => None,
+            (true, None) => Some(now),
+            (true, since) => since,
+        };
+        EpochTick {
+            asks,
+            losses,
+            unavailable,
+            deferred,
+        }
     }
+}
+
+/// How many requests of at most `max_span` seqs `from..=to` takes.
+fn span_requests(from: u64, to: u64, max_span: u64) -> usize {
+    usize::try_from((to - from) / max_span + 1).unwrap_or(usize::MAX)
 }
 
 /// A gap seen for the first time: due now.
@@ -565,6 +846,27 @@ fn subtract_gaps(gaps: Vec<Gap>, from: u64, to: u64) -> Vec<Gap> {
     out
 }
 
+/// Most epochs listed by `GET /gaps`.
+pub const REPORT_MAX_EPOCHS: usize = 100;
+
+/// Most gaps, and most lost ranges, listed per epoch by `GET /gaps`.
+pub const REPORT_MAX_RANGES: usize = 100;
+
+/// Totals over every tracked epoch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GapTotals {
+    /// Sensor epochs tracked.
+    pub epochs: usize,
+    /// Seqs missing (within the grace period or not).
+    pub missing: u64,
+    /// Seqs past the grace period, being asked for.
+    pub pending: u64,
+    /// Readings reported lost.
+    pub lost: u64,
+    /// Replay requests made.
+    pub replay_requests: u64,
+}
+
 /// An inclusive range of seqs, as in `GET /gaps`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SeqRange {
@@ -600,6 +902,8 @@ pub struct EpochReport {
     pub highest_written: u64,
     /// Highest seq the sensor announced (0 when no announcement arrived).
     pub announced_last_seq: u64,
+    /// Oldest seq the sensor announced it still holds (0 when not announced).
+    pub announced_oldest_seq: u64,
     /// Whether the sensor announced the end of the epoch.
     #[serde(rename = "final")]
     pub final_: bool,
@@ -609,9 +913,14 @@ pub struct EpochReport {
     pub lost: u64,
     /// Replay requests made.
     pub replay_requests: u64,
-    /// Missing ranges past the grace period, being asked for.
+    /// How many gaps are being asked for.
+    pub gap_count: usize,
+    /// Missing ranges past the grace period, being asked for (the first
+    /// [`REPORT_MAX_RANGES`]).
     pub gaps: Vec<GapReport>,
-    /// Ranges reported lost.
+    /// How many ranges are reported lost.
+    pub lost_range_count: usize,
+    /// Ranges reported lost (the first [`REPORT_MAX_RANGES`]).
     pub lost_ranges: Vec<SeqRange>,
 }
 
@@ -628,7 +937,9 @@ pub struct GapsReport {
     pub lost: u64,
     /// Replay requests made over all epochs.
     pub replay_requests: u64,
-    /// Per sensor epoch.
+    /// Sensor epochs tracked.
+    pub epochs_tracked: usize,
+    /// Per sensor epoch: the [`REPORT_MAX_EPOCHS`] with the most missing seqs, by id.
     pub epochs: Vec<EpochReport>,
 }
 
@@ -647,6 +958,7 @@ mod tests {
             backoff_max: 1000 * MS,
             coalesce: 2,
             max_span: 100,
+            ..GapSettings::default()
         }
     }
 
@@ -706,11 +1018,11 @@ mod tests {
             g.tick(t0 + 5000 * MS, &written).asks.is_empty(),
             "nothing known beyond 10"
         );
-        g.on_status("s", 1, 14, true);
+        g.on_status("s", 1, 14, 0, true, t0);
         g.tick(t0 + 5000 * MS, &written);
         assert_eq!(asks(&g.tick(t0 + 6000 * MS, &written)), [(11, 14, 1)]);
         // An epoch only announced, with nothing written: all of it is missing.
-        g.on_status("other", 7, 3, false);
+        g.on_status("other", 7, 3, 0, false, t0);
         g.tick(t0 + 6000 * MS, &written);
         let out = g.tick(t0 + 7000 * MS, &written);
         let other: Vec<_> = out
@@ -788,10 +1100,10 @@ mod tests {
             ..settings()
         });
         let written = seen(1..=10);
-        g.on_status("s", 1, 20, false);
+        g.on_status("s", 1, 20, 0, false, t0);
         g.tick(t0, &written);
         assert_eq!(asks(&g.tick(t0 + 1000 * MS, &written)), [(11, 20, 1)]);
-        g.on_status("s", 1, 30, false);
+        g.on_status("s", 1, 30, 0, false, t0);
         g.tick(t0 + 1100 * MS, &written);
         // 21..=30 are new and due a grace period later; 11..=20 still wait for their backoff.
         // The two are adjacent but asked for separately, each with its own attempt.
@@ -816,8 +1128,8 @@ mod tests {
         assert_eq!(g.report(t0).lost, 9);
         assert_eq!(
             g.unavailable("x", 9, 1, 2, &written),
-            [(1, 2)],
-            "unknown epoch"
+            [],
+            "an epoch nothing is known of has nothing missing"
         );
     }
 
@@ -852,6 +1164,133 @@ mod tests {
         let out = g.tick(t0 + 1000 * MS, &written);
         g.ask_failed(&out.asks[0], t0 + 1000 * MS);
         assert_eq!(asks(&g.tick(t0 + 1500 * MS, &written)), [(11, 19, 1)]);
+    }
+
+    #[test]
+    fn a_forged_huge_announcement_costs_bounded_work() {
+        let t0 = Instant::now();
+        let mut g = Gaps::new(settings());
+        let written = seen(1..=10);
+        g.on_status("s", 1, 1_000_000_000_000_000, 0, false, t0);
+        g.tick(t0, &written);
+        let out = g.tick(t0 + 1000 * MS, &written);
+        let s = g.settings().clone();
+        // Nothing older than the replay window below the announced seq is asked for: it is
+        // lost at once, as one range.
+        let floor = 1_000_000_000_000_000 - s.replay_window + 1;
+        assert_eq!(
+            out.losses
+                .iter()
+                .map(|l| (l.from, l.to, l.reason))
+                .collect::<Vec<_>>(),
+            [(11, floor - 1, LossReason::Unavailable)]
+        );
+        // What is left is asked for a slice at a time.
+        assert!(
+            out.asks.len() <= s.max_requests_per_tick,
+            "{}",
+            out.asks.len()
+        );
+        assert!(out.asks.iter().all(|a| a.to - a.from < s.max_span));
+        assert_eq!(out.asks[0].from, floor);
+        assert!(out.deferred > 0);
+        let next = g.tick(t0 + 1001 * MS, &written);
+        assert!(next.asks.len() <= s.max_requests_per_tick);
+        assert_eq!(next.asks[0].from, out.asks.last().map_or(0, |a| a.to + 1));
+        assert!(g.report(t0).epochs[0].gaps.len() <= REPORT_MAX_RANGES);
+    }
+
+    #[test]
+    fn seqs_older_than_the_sensor_holds_are_lost_without_asking() {
+        let t0 = Instant::now();
+        let mut g = Gaps::new(settings());
+        let written = seen((1..=10).chain([100]));
+        g.on_status("s", 1, 120, 50, false, t0);
+        g.tick(t0, &written);
+        let out = g.tick(t0 + 1000 * MS, &written);
+        assert_eq!(
+            out.losses
+                .iter()
+                .map(|l| (l.from, l.to, l.reason))
+                .collect::<Vec<_>>(),
+            [(11, 49, LossReason::Unavailable)]
+        );
+        assert_eq!(asks(&out), [(50, 120, 1)], "100 is written: one request");
+        assert_eq!(g.report(t0).lost, 39);
+    }
+
+    #[test]
+    fn requests_per_tick_are_capped_over_all_epochs() {
+        let t0 = Instant::now();
+        let mut g = Gaps::new(GapSettings {
+            max_requests_per_tick: 4,
+            ..settings()
+        });
+        let written = seen([]);
+        for n in 0..10 {
+            g.on_status(&format!("s{n}"), 1, 5, 0, false, t0);
+        }
+        g.tick(t0, &written);
+        let first = g.tick(t0 + 1000 * MS, &written);
+        assert_eq!((first.asks.len(), first.deferred), (4, 6));
+        let second = g.tick(t0 + 1001 * MS, &written);
+        assert_eq!((second.asks.len(), second.deferred), (4, 2));
+        let third = g.tick(t0 + 1002 * MS, &written);
+        assert_eq!((third.asks.len(), third.deferred), (2, 0));
+        let mut all: Vec<String> = [first, second, third]
+            .into_iter()
+            .flat_map(|o| o.asks)
+            .map(|a| a.sensor_id)
+            .collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 10, "every epoch asked once");
+    }
+
+    #[test]
+    fn a_complete_epoch_leaves_after_a_while_and_is_not_tracked_again() {
+        let t0 = Instant::now();
+        let mut g = Gaps::new(settings());
+        let written = seen(1..=10);
+        g.on_status("s", 1, 10, 1, true, t0);
+        g.tick(t0, &written);
+        assert_eq!(g.epoch_count(), 1);
+        let out = g.tick(t0 + COMPLETE_LINGER, &written);
+        assert_eq!((out.completed, g.epoch_count()), (1, 0));
+        assert_eq!(g.tick(t0 + COMPLETE_LINGER * 2, &written).completed, 0);
+        assert_eq!(g.epoch_count(), 0, "not recreated from the written seqs");
+        g.on_status("s", 1, 10, 1, true, t0 + COMPLETE_LINGER * 2);
+        assert_eq!(g.epoch_count(), 0, "nor from a late announcement");
+    }
+
+    #[test]
+    fn epochs_beyond_the_limit_are_forgotten_least_recently_active_first() {
+        let t0 = Instant::now();
+        let mut g = Gaps::new(GapSettings {
+            max_epochs: 3,
+            ..settings()
+        });
+        g.on_status("real", 1, 5, 0, false, t0 + 100 * MS);
+        for n in 0..50 {
+            g.on_status(&format!("forged-{n}"), 1, 5, 0, false, t0);
+        }
+        let out = g.tick(t0 + 200 * MS, &seen([]));
+        assert_eq!(g.epoch_count(), 3);
+        assert_eq!(out.evicted, 48);
+        assert!(g.report(t0).epochs.iter().any(|e| e.sensor_id == "real"));
+    }
+
+    #[test]
+    fn an_unavailable_answer_beyond_what_is_known_is_ignored() {
+        let t0 = Instant::now();
+        let mut g = Gaps::new(settings());
+        let written = seen((1..=10).chain([20]));
+        g.tick(t0, &written);
+        assert_eq!(
+            g.unavailable("s", 1, 1, 1_000_000_000_000, &written),
+            [(11, 19)]
+        );
+        assert_eq!(g.unavailable("nobody", 1, 1, 100, &written), []);
     }
 
     #[test]

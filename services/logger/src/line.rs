@@ -82,6 +82,31 @@ impl LogLine {
     }
 }
 
+/// Longest `sensor_id` or `worker_id` accepted, in bytes. Ids are kept in memory per
+/// sensor epoch and per worker, so a forged message with a megabyte-long id must not be.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// Checks an id read from a message: not empty, at most [`MAX_ID_BYTES`]; the error says
+/// which field and why.
+pub fn check_id(field: &str, id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err(format!("{field} is empty"));
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Err(format!(
+            "{field} is {} bytes long, more than the {MAX_ID_BYTES} accepted",
+            id.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Checks what the logger keeps of a result: its ids (see [`check_id`]).
+pub fn check_result(result: &WorkResult) -> Result<(), String> {
+    check_id("sensor_id", &result.sensor_id)?;
+    check_id("worker_id", &result.worker_id)
+}
+
 /// The key of an output line (without its newline); other fields are not checked.
 pub fn parse_key(line: &[u8]) -> serde_json::Result<Key> {
     serde_json::from_slice(line)
@@ -90,6 +115,21 @@ pub fn parse_key(line: &[u8]) -> serde_json::Result<Key> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_are_bounded() {
+        assert!(check_id("sensor_id", "s1").is_ok());
+        assert!(check_id("sensor_id", &"x".repeat(MAX_ID_BYTES)).is_ok());
+        let long = check_id("sensor_id", &"x".repeat(MAX_ID_BYTES + 1)).unwrap_err();
+        assert!(long.contains("sensor_id is 257 bytes long"), "{long}");
+        assert_eq!(check_id("worker_id", "").unwrap_err(), "worker_id is empty");
+        let forged = WorkResult {
+            worker_id: "w".repeat(10_000),
+            ..result()
+        };
+        assert!(check_result(&forged).unwrap_err().starts_with("worker_id"));
+        assert!(check_result(&result()).is_ok());
+    }
 
     fn result() -> WorkResult {
         WorkResult {

@@ -58,7 +58,15 @@ pub fn describe() {
         "From the reading being taken to its line being written"
     );
     describe_counter!(WRITE_BATCHES, "Batches appended to the output");
+    describe_counter!(
+        SEEN_FORGOTTEN,
+        "Sensor epochs whose de-duplication state was forgotten at a limit, by reason"
+    );
 }
+
+/// Counter, label `reason` (`max_sensor_epochs`, `max_seq_ranges`): sensor epochs whose
+/// de-duplication state was forgotten at a limit.
+pub const SEEN_FORGOTTEN: &str = "nsq_suite_dedup_epochs_forgotten_total";
 
 /// Creates the counters at zero, so that they are scraped (and `rate()` works) before the
 /// first event of each kind.
@@ -69,6 +77,9 @@ pub fn register(topic: &str, channel: &str) {
     }
     for name in [LINES_WRITTEN, WRITE_ERRORS, WRITE_BATCHES] {
         metrics::counter!(name).increment(0);
+    }
+    for reason in ["max_sensor_epochs", "max_seq_ranges"] {
+        metrics::counter!(SEEN_FORGOTTEN, "reason" => reason).increment(0);
     }
 }
 
@@ -88,6 +99,14 @@ pub const STATUS_RECEIVED: &str = "nsq_suite_sensor_status_received_total";
 pub const MISSING_READINGS: &str = "nsq_suite_missing_readings";
 /// Gauge: missing seqs past the grace period, being asked for.
 pub const GAP_READINGS_PENDING: &str = "nsq_suite_gap_readings_pending";
+
+/// Gauge: sensor epochs tracked by the gap detection.
+pub const SENSOR_EPOCHS: &str = "nsq_suite_sensor_epochs_tracked";
+/// Counter, label `reason` (`complete`, `limit`): sensor epochs the gap detection stopped
+/// tracking: complete ones, and the least recently active ones at `--max-sensor-epochs`.
+pub const EPOCHS_DROPPED: &str = "nsq_suite_sensor_epochs_dropped_total";
+/// Counter: due replay requests left for a later tick at the per-tick limit.
+pub const REPLAY_DEFERRED: &str = "nsq_suite_replay_requests_deferred_total";
 
 /// Registers the help text of the gap-detection metrics and creates them at zero.
 pub fn describe_gaps() {
@@ -119,9 +138,23 @@ pub fn describe_gaps() {
         GAP_READINGS_PENDING,
         "Missing seqs past the grace period, being asked for"
     );
+    describe_gauge!(SENSOR_EPOCHS, "Sensor epochs tracked by the gap detection");
+    describe_counter!(
+        EPOCHS_DROPPED,
+        "Sensor epochs no longer tracked, by reason (complete; limit: --max-sensor-epochs)"
+    );
+    describe_counter!(
+        REPLAY_DEFERRED,
+        "Due replay requests left for a later tick at the per-tick limit"
+    );
     for reason in ["unavailable", "unanswered"] {
         metrics::counter!(READINGS_LOST, "reason" => reason).increment(0);
     }
+    for reason in ["complete", "limit"] {
+        metrics::counter!(EPOCHS_DROPPED, "reason" => reason).increment(0);
+    }
+    metrics::counter!(REPLAY_DEFERRED).increment(0);
+    metrics::gauge!(SENSOR_EPOCHS).set(0.0);
     for name in [
         READINGS_RECOVERED,
         REPLAY_REQUESTS,

@@ -24,7 +24,7 @@ use std::{
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
-use suite_common::unix_nanos;
+use suite_common::{log_limit::LogLimiter, unix_nanos};
 
 use anyhow::Context as _;
 use messages::{ReplayRequest, ReplayUnavailable, SensorStatus, SCHEMA_VERSION};
@@ -87,6 +87,10 @@ pub struct Replay {
     failed_rx: mpsc::UnboundedReceiver<Ask>,
     /// The tick of the gap tracker.
     tick: tokio::time::Interval,
+    /// Keeps the warning about forgotten epochs to one a second.
+    evict_warnings: LogLimiter,
+    /// Keeps the warning about deferred requests to one a second.
+    defer_warnings: LogLimiter,
 }
 
 impl std::fmt::Debug for Replay {
@@ -167,6 +171,8 @@ impl Replay {
             failed_tx,
             failed_rx,
             tick,
+            evict_warnings: LogLimiter::default(),
+            defer_warnings: LogLimiter::default(),
         })
     }
 
@@ -241,12 +247,16 @@ impl Replay {
                     last_seq = status.last_seq, final_ = status.final_,
                     "sensor status"
                 );
-                if let Ok(mut gaps) = self.gaps.lock() {
+                if let Err(why) = crate::line::check_id("sensor_id", &status.sensor_id) {
+                    self.invalid(&msg, &self.settings.status_topic, &why);
+                } else if let Ok(mut gaps) = self.gaps.lock() {
                     gaps.on_status(
                         &status.sensor_id,
                         status.epoch,
                         status.last_seq,
+                        status.oldest_seq,
                         status.final_,
+                        Instant::now(),
                     );
                 }
             }
@@ -273,6 +283,11 @@ impl Replay {
                 return;
             }
         };
+        if let Err(why) = crate::line::check_id("sensor_id", &answer.sensor_id) {
+            self.invalid(&msg, &self.settings.replay_unavailable_topic, &why);
+            msg.finish();
+            return;
+        }
         let ranges = match self.gaps.lock() {
             Ok(gaps) => gaps.unavailable(
                 &answer.sensor_id,
@@ -376,10 +391,10 @@ impl Replay {
     /// A tick: publish what is due, report what is given up on, refresh the gauges.
     fn on_tick(&mut self, seen: &Seen) {
         let now = Instant::now();
-        let (outcome, report) = match self.gaps.lock() {
+        let (outcome, totals) = match self.gaps.lock() {
             Ok(mut gaps) => {
                 let outcome = gaps.tick(now, seen);
-                (outcome, gaps.report(now))
+                (outcome, gaps.totals())
             }
             Err(_) => {
                 tracing::error!("the gap tracker's lock is poisoned");
@@ -389,8 +404,37 @@ impl Replay {
         if !outcome.recovered.is_empty() {
             self.record_recovered(&outcome.recovered);
         }
-        metrics::gauge!(m::MISSING_READINGS).set(report.missing as f64);
-        metrics::gauge!(m::GAP_READINGS_PENDING).set(report.pending as f64);
+        metrics::gauge!(m::MISSING_READINGS).set(totals.missing as f64);
+        metrics::gauge!(m::GAP_READINGS_PENDING).set(totals.pending as f64);
+        metrics::gauge!(m::SENSOR_EPOCHS).set(totals.epochs as f64);
+        metrics::counter!(m::EPOCHS_DROPPED, "reason" => "complete").increment(outcome.completed);
+        if outcome.evicted > 0 {
+            metrics::counter!(m::EPOCHS_DROPPED, "reason" => "limit").increment(outcome.evicted);
+            if let Some(held_back) = self.evict_warnings.check() {
+                let (sensor_id, epoch) = outcome.evicted_example.clone().unwrap_or_default();
+                tracing::warn!(
+                    evicted = outcome.evicted,
+                    held_back,
+                    max_sensor_epochs = self.settings.gaps.max_epochs,
+                    example_sensor_id = %sensor_id,
+                    example_epoch = epoch,
+                    "more sensor epochs than --max-sensor-epochs: the least recently active \
+                     are no longer checked for gaps (many sensors, or forged announcements)"
+                );
+            }
+        }
+        if outcome.deferred > 0 {
+            metrics::counter!(m::REPLAY_DEFERRED).increment(outcome.deferred);
+            if let Some(held_back) = self.defer_warnings.check() {
+                tracing::warn!(
+                    deferred = outcome.deferred,
+                    held_back,
+                    per_tick = self.settings.gaps.max_requests_per_tick,
+                    "more replay requests due than one tick may make: the rest follow in \
+                     later ticks"
+                );
+            }
+        }
         if !outcome.losses.is_empty() {
             // Already marked lost in the tracker; a failed write is logged and the losses
             // stay reported in the log, the metric and GET /gaps.
@@ -410,6 +454,10 @@ impl Replay {
             for l in &outcome.losses {
                 metrics::counter!(m::READINGS_LOST, "reason" => l.reason.as_str())
                     .increment(l.count());
+                let why = match l.reason {
+                    LossReason::Unanswered => "readings LOST: no answer to the replay requests",
+                    _ => "readings LOST: older than the sensor's replay history, not asked for",
+                };
                 tracing::warn!(
                     sensor_id = %l.sensor_id,
                     epoch = l.epoch,
@@ -418,7 +466,7 @@ impl Replay {
                     count = l.count(),
                     reason = l.reason.as_str(),
                     requests = self.settings.gaps.max_attempts,
-                    "readings LOST: no answer to the replay requests"
+                    "{why}"
                 );
             }
         }
@@ -475,6 +523,22 @@ impl Replay {
                 }
             }
         });
+    }
+
+    /// Logs and counts a message that decodes but cannot be real (it is finished).
+    fn invalid(&self, msg: &Message, topic: &str, why: &str) {
+        metrics::counter!(
+            m::DECODE_ERRORS,
+            "topic" => topic.to_owned(), "channel" => self.settings.channel.clone()
+        )
+        .increment(1);
+        tracing::error!(
+            id = msg.id(),
+            topic,
+            bytes = msg.body().len(),
+            error = why,
+            "message is not valid: finished without using it"
+        );
     }
 
     /// Logs and counts a message that does not decode (it is finished: retrying cannot help).

@@ -7,7 +7,7 @@
 //! The same structure tells which seqs are missing ([`SeqSet::missing`]), which the gap
 //! detection ([`crate::gaps`]) needs, and holds the ranges reported lost.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use crate::line::Key;
 
@@ -183,33 +183,191 @@ impl SeqSet {
     }
 }
 
-/// The keys written so far, grouped by `(sensor_id, epoch)`.
+/// Limits on the de-duplication state, so that forged results cannot grow it without end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeenLimits {
+    /// Most sensor epochs kept (`--max-sensor-epochs`); past it the least recently written
+    /// one is forgotten.
+    pub max_epochs: usize,
+    /// Most seq ranges kept over all epochs (`--max-seq-ranges`); past it the epoch with the
+    /// most ranges (scattered seqs) is forgotten.
+    pub max_ranges: usize,
+}
+
+impl Default for SeenLimits {
+    fn default() -> Self {
+        Self {
+            max_epochs: 4096,
+            max_ranges: 200_000,
+        }
+    }
+}
+
+/// A set of sensor epochs with a fixed capacity, forgetting the oldest inserted first.
+#[derive(Debug, Clone, Default)]
+pub struct EpochSet {
+    /// Members, in insertion order.
+    order: VecDeque<(String, u64)>,
+    /// The same members, for lookups.
+    members: HashSet<(String, u64)>,
+}
+
+impl EpochSet {
+    /// Adds a member, forgetting the oldest beyond `capacity`.
+    pub fn insert(&mut self, key: (String, u64), capacity: usize) {
+        if self.members.insert(key.clone()) {
+            self.order.push_back(key);
+        }
+        while self.order.len() > capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.members.remove(&old);
+            }
+        }
+    }
+
+    /// Whether `key` is a member.
+    pub fn contains(&self, key: &(String, u64)) -> bool {
+        self.members.contains(key)
+    }
+}
+
+/// One sensor epoch's written seqs, and when it was last written to.
+#[derive(Debug, Clone, Default)]
+struct EpochSeen {
+    /// The seqs written.
+    set: SeqSet,
+    /// The value of [`Seen::clock`] at its last insert (least recently written goes first).
+    touched: u64,
+}
+
+/// Epochs forgotten at a limit, as reported to the caller.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Forgotten {
+    /// How many epochs were forgotten at `max_epochs`.
+    pub epochs: u64,
+    /// How many were forgotten at `max_ranges`.
+    pub ranges: u64,
+    /// One of them, for the log.
+    pub example: Option<(String, u64)>,
+}
+
+/// The keys written so far, grouped by `(sensor_id, epoch)`, within [`SeenLimits`].
+///
+/// An epoch forgotten at a limit loses its de-duplication: a result of it delivered again
+/// later would be written again. That only happens with more active sensor epochs, or more
+/// scattered seqs, than the limits allow: in practice, forged results. Forgotten epochs are
+/// remembered (up to `max_epochs` of them) so that the gap detection leaves them alone.
 #[derive(Debug, Clone, Default)]
 pub struct Seen {
     /// Seqs written, per sensor epoch.
-    epochs: HashMap<(String, u64), SeqSet>,
+    epochs: HashMap<(String, u64), EpochSeen>,
+    /// The limits.
+    limits: SeenLimits,
+    /// Keys written, over all epochs.
+    len: u64,
+    /// Ranges held, over all epochs.
+    ranges: usize,
+    /// Counts inserts, to order epochs by their last write.
+    clock: u64,
+    /// Epochs forgotten at a limit.
+    forgotten: EpochSet,
+    /// Forgotten since the last [`Seen::take_forgotten`].
+    recent: Forgotten,
 }
 
 impl Seen {
+    /// An empty set within `limits`.
+    pub fn with_limits(limits: SeenLimits) -> Self {
+        Self {
+            limits,
+            ..Self::default()
+        }
+    }
+
+    /// Changes the limits, forgetting what exceeds them now.
+    pub fn set_limits(&mut self, limits: SeenLimits) {
+        self.limits = SeenLimits {
+            max_epochs: limits.max_epochs.max(1),
+            max_ranges: limits.max_ranges.max(1),
+        };
+        self.enforce(None);
+    }
+
     /// Whether `key` was written.
     pub fn contains(&self, key: &Key) -> bool {
         // A borrowed lookup would need an owned tuple; clone only the id (short).
         self.epochs
             .get(&(key.sensor_id.clone(), key.epoch))
-            .is_some_and(|set| set.contains(key.seq))
+            .is_some_and(|e| e.set.contains(key.seq))
     }
 
     /// Records `key` as written; returns whether it was new.
     pub fn insert(&mut self, key: &Key) -> bool {
-        self.epochs
-            .entry((key.sensor_id.clone(), key.epoch))
-            .or_default()
-            .insert(key.seq)
+        self.clock += 1;
+        let id = (key.sensor_id.clone(), key.epoch);
+        let entry = self.epochs.entry(id.clone()).or_default();
+        entry.touched = self.clock;
+        let before = entry.set.range_count();
+        let new = entry.set.insert(key.seq);
+        let after = entry.set.range_count();
+        self.ranges = (self.ranges + after).saturating_sub(before);
+        self.len += u64::from(new);
+        self.enforce(Some(&id));
+        new
     }
 
-    /// Number of keys written.
+    /// Forgets epochs until the limits hold; `keep` (the epoch just written) goes last.
+    fn enforce(&mut self, keep: Option<&(String, u64)>) {
+        while self.epochs.len() > self.limits.max_epochs {
+            let Some(oldest) = self
+                .epochs
+                .iter()
+                .filter(|(k, _)| Some(*k) != keep)
+                .min_by_key(|(_, e)| e.touched)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            self.forget(oldest);
+            self.recent.epochs += 1;
+        }
+        while self.ranges > self.limits.max_ranges {
+            let Some(largest) = self
+                .epochs
+                .iter()
+                .max_by_key(|(_, e)| e.set.range_count())
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            self.forget(largest);
+            self.recent.ranges += 1;
+        }
+    }
+
+    /// Drops one epoch, remembering that it was forgotten.
+    fn forget(&mut self, key: (String, u64)) {
+        if let Some(e) = self.epochs.remove(&key) {
+            self.len -= e.set.len();
+            self.ranges = self.ranges.saturating_sub(e.set.range_count());
+        }
+        self.recent.example.get_or_insert_with(|| key.clone());
+        self.forgotten.insert(key, self.limits.max_epochs);
+    }
+
+    /// The epochs forgotten at a limit since the last call.
+    pub fn take_forgotten(&mut self) -> Forgotten {
+        std::mem::take(&mut self.recent)
+    }
+
+    /// Whether this epoch was forgotten at a limit (and is remembered as such).
+    pub fn is_forgotten(&self, key: &(String, u64)) -> bool {
+        self.forgotten.contains(key)
+    }
+
+    /// Number of keys written (those of forgotten epochs no longer count).
     pub fn len(&self) -> u64 {
-        self.epochs.values().map(SeqSet::len).sum()
+        self.len
     }
 
     /// Whether nothing was written.
@@ -217,9 +375,16 @@ impl Seen {
         self.len() == 0
     }
 
+    /// Number of seq ranges held over all epochs.
+    pub fn range_count(&self) -> usize {
+        self.ranges
+    }
+
     /// The seqs written for one sensor epoch.
     pub fn epoch(&self, sensor_id: &str, epoch: u64) -> Option<&SeqSet> {
-        self.epochs.get(&(sensor_id.to_owned(), epoch))
+        self.epochs
+            .get(&(sensor_id.to_owned(), epoch))
+            .map(|e| &e.set)
     }
 
     /// Number of sensor epochs seen.
@@ -231,7 +396,7 @@ impl Seen {
     pub fn iter(&self) -> impl Iterator<Item = (&str, u64, &SeqSet)> + '_ {
         self.epochs
             .iter()
-            .map(|((sensor_id, epoch), set)| (sensor_id.as_str(), *epoch, set))
+            .map(|((sensor_id, epoch), e)| (sensor_id.as_str(), *epoch, &e.set))
     }
 }
 
@@ -338,6 +503,50 @@ mod tests {
         assert_eq!(s.subtract_from(5, 45), [(5, 9), (21, 29), (41, 45)]);
         assert_eq!(s.subtract_from(12, 18), []);
         assert_eq!(s.subtract_from(25, 25), [(25, 25)]);
+    }
+
+    #[test]
+    fn epochs_beyond_the_limit_are_forgotten_least_recently_written_first() {
+        let mut seen = Seen::with_limits(SeenLimits {
+            max_epochs: 3,
+            max_ranges: 1000,
+        });
+        for epoch in [2, 3, 1] {
+            seen.insert(&key("real", epoch, 1));
+        }
+        // A flood of forged sensor ids while the real sensor keeps writing epoch 1.
+        for n in 0..100 {
+            seen.insert(&key(&format!("forged-{n}"), 9, 1));
+            seen.insert(&key("real", 1, n + 2));
+        }
+        assert_eq!(seen.epochs(), 3);
+        assert_eq!(seen.epoch("real", 1).map(SeqSet::len), Some(101));
+        assert_eq!(seen.len(), 101 + 2, "{seen:?}");
+        let forgotten = seen.take_forgotten();
+        assert_eq!((forgotten.epochs, forgotten.ranges), (100, 0));
+        assert_eq!(forgotten.example, Some(("real".to_owned(), 2)));
+        // The last few forgotten are remembered (as many as max_epochs).
+        assert!(seen.is_forgotten(&("forged-97".to_owned(), 9)));
+        assert!(!seen.is_forgotten(&("real".to_owned(), 2)));
+        assert_eq!(seen.take_forgotten(), Forgotten::default(), "taken once");
+    }
+
+    #[test]
+    fn scattered_seqs_beyond_the_range_limit_forget_their_epoch() {
+        let mut seen = Seen::with_limits(SeenLimits {
+            max_epochs: 10,
+            max_ranges: 100,
+        });
+        for seq in 1..=1000 {
+            seen.insert(&key("real", 1, seq));
+        }
+        for seq in 1..=200 {
+            seen.insert(&key("forged", 1, seq * 2));
+        }
+        assert!(seen.range_count() <= 100);
+        assert_eq!(seen.epoch("real", 1).map(SeqSet::len), Some(1000));
+        assert!(seen.is_forgotten(&("forged".to_owned(), 1)));
+        assert!(seen.take_forgotten().ranges >= 1);
     }
 
     #[test]

@@ -27,7 +27,7 @@ use std::{
     },
     time::{Duration, Instant},
 };
-use suite_common::unix_nanos;
+use suite_common::{log_limit::LogLimiter, unix_nanos};
 
 use anyhow::Context as _;
 use messages::WorkResult;
@@ -36,7 +36,7 @@ use tracing::field::Empty;
 
 use crate::{
     config::Settings,
-    line::{Key, LogLine},
+    line::{check_result, Key, LogLine},
     metrics as m,
     output::{Output, WriteError},
     seen::Seen,
@@ -61,6 +61,8 @@ pub struct Sink {
     writable: Arc<AtomicBool>,
     /// Start of the worker window's clock.
     started: Instant,
+    /// Keeps the warning about forgotten epochs to one a second.
+    forget_warnings: LogLimiter,
 }
 
 /// A message whose line is in the batch being written.
@@ -87,15 +89,20 @@ impl Sink {
         writable: Arc<AtomicBool>,
         started: Instant,
     ) -> Self {
+        let mut seen = seen;
+        seen.set_limits(settings.seen_limits);
         metrics::gauge!(m::KNOWN_READINGS).set(seen.len() as f64);
-        Self {
+        let mut sink = Self {
             settings,
             output: Some(output),
             seen,
             workers,
             writable,
             started,
-        }
+            forget_warnings: LogLimiter::default(),
+        };
+        sink.report_forgotten();
+        sink
     }
 
     /// The keys written so far.
@@ -129,7 +136,10 @@ impl Sink {
                 seq = Empty,
             );
             let _entered = span.enter();
-            let result = match WorkResult::decode(msg.body()) {
+            let checked = WorkResult::decode(msg.body())
+                .map_err(|e| e.to_string())
+                .and_then(|r| check_result(&r).map(|()| r));
+            let result = match checked {
                 Ok(result) => result,
                 Err(e) => {
                     metrics::counter!(m::DECODE_ERRORS, &labels).increment(1);
@@ -225,6 +235,7 @@ impl Sink {
                 metrics::counter!(m::LINES_WRITTEN).increment(lines);
                 metrics::counter!(m::WRITE_BATCHES).increment(1);
                 metrics::gauge!(m::KNOWN_READINGS).set(self.seen.len() as f64);
+                self.report_forgotten();
                 let now = self.started.elapsed().as_secs();
                 if let Ok(mut window) = self.workers.lock() {
                     for (worker, n) in per_worker {
@@ -250,6 +261,33 @@ impl Sink {
                         .context("the output may hold a partial batch; stopping (a restart rebuilds the state from the file)")),
                 }
             }
+        }
+    }
+}
+
+impl Sink {
+    /// Counts and logs (at most once a second) the epochs the de-duplication state forgot
+    /// at its limits.
+    fn report_forgotten(&mut self) {
+        let forgotten = self.seen.take_forgotten();
+        if forgotten.epochs + forgotten.ranges == 0 {
+            return;
+        }
+        metrics::counter!(m::SEEN_FORGOTTEN, "reason" => "max_sensor_epochs")
+            .increment(forgotten.epochs);
+        metrics::counter!(m::SEEN_FORGOTTEN, "reason" => "max_seq_ranges")
+            .increment(forgotten.ranges);
+        if let Some(held_back) = self.forget_warnings.check() {
+            let (sensor_id, epoch) = forgotten.example.unwrap_or_default();
+            tracing::warn!(
+                at_max_sensor_epochs = forgotten.epochs,
+                at_max_seq_ranges = forgotten.ranges,
+                held_back,
+                example_sensor_id = %sensor_id,
+                example_epoch = epoch,
+                "de-duplication state full: forgot sensor epochs (a result of theirs delivered \
+                 again would be written again); many sensors, or forged results"
+            );
         }
     }
 }

@@ -17,6 +17,16 @@ pub const WINDOW_SECS: u64 = 10;
 /// Length of the sliding window.
 pub const WINDOW: std::time::Duration = std::time::Duration::from_secs(WINDOW_SECS);
 
+/// Most workers counted apart; the results of any further worker ids within the window are
+/// counted under [`OTHER_WORKERS`].
+pub const MAX_WORKERS: usize = 1024;
+
+/// Most workers whose share the summary line lists.
+const SUMMARY_MAX_WORKERS: usize = 32;
+
+/// The id under which the workers beyond [`MAX_WORKERS`] are counted.
+pub const OTHER_WORKERS: &str = "(other workers)";
+
 /// Results per worker per second, over a sliding window of whole seconds.
 #[derive(Debug)]
 pub struct WorkerWindow {
@@ -78,6 +88,13 @@ impl WorkerWindow {
     /// Records `n` results of `worker_id` at second `now` (any monotonic clock in seconds).
     pub fn record(&mut self, worker_id: &str, n: u64, now: u64) {
         self.first.get_or_insert(now);
+        // Worker ids come from the results: a flood of forged ids shares one entry.
+        let worker_id =
+            if self.workers.len() >= MAX_WORKERS && !self.workers.contains_key(worker_id) {
+                OTHER_WORKERS
+            } else {
+                worker_id
+            };
         let (buckets, total) = match self.workers.get_mut(worker_id) {
             Some(entry) => entry,
             None => self.workers.entry(worker_id.to_owned()).or_default(),
@@ -144,11 +161,18 @@ impl WorkerWindow {
 impl Snapshot {
     /// The summary line, e.g. `3 workers, 33% / 34% / 33%, 1200 results/s`.
     pub fn summary(&self) -> String {
-        let shares: Vec<String> = self
+        let mut shares: Vec<String> = self
             .workers
             .iter()
+            .take(SUMMARY_MAX_WORKERS)
             .map(|w| format!("{:.0}%", w.share * 100.0))
             .collect();
+        if self.workers.len() > SUMMARY_MAX_WORKERS {
+            shares.push(format!(
+                "... ({} more)",
+                self.workers.len() - SUMMARY_MAX_WORKERS
+            ));
+        }
         let noun = if self.workers.len() == 1 {
             "worker"
         } else {
@@ -170,6 +194,23 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forged_worker_ids_share_one_entry() {
+        let mut w = WorkerWindow::new(std::time::Duration::from_secs(5));
+        for n in 0..(MAX_WORKERS + 500) {
+            w.record(&format!("w{n}"), 1, 0);
+        }
+        let snap = w.snapshot(0);
+        assert_eq!(snap.workers.len(), MAX_WORKERS + 1);
+        let other = snap
+            .workers
+            .iter()
+            .find(|s| s.worker_id == OTHER_WORKERS)
+            .map(|s| s.count);
+        assert_eq!(other, Some(500));
+        assert_eq!(snap.count, (MAX_WORKERS + 500) as u64);
+    }
 
     #[test]
     fn shares_and_rates() {

@@ -427,6 +427,7 @@ async fn asks_for_gaps_and_records_what_cannot_be_replayed() {
         last_seq: 25,
         at: 1,
         final_: true,
+        oldest_seq: 0,
     };
     producer
         .publish("sensor_status", status.encode().unwrap())
