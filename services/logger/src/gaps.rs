@@ -28,6 +28,22 @@
 //! `max_span` seqs long: the sensor replays a few readings twice, the logger drops the
 //! repeats. A sensor's answer that a range is no longer in its history
 //! ([`Gaps::unavailable`], then [`Gaps::mark_lost`]) ends the asking for that range at once.
+//!
+//! # Bounded whatever arrives
+//!
+//! Announcements, results and answers on the topics are untrusted: anyone who reaches nsqd
+//! can publish them. So no message may cost more than a bounded amount of work or memory:
+//!
+//! * seqs count for gaps only up to `replay_window` beyond the epoch's covered prefix (every
+//!   seq up to it written or lost), so a forged `last_seq` or seq of 10^15 makes at most a
+//!   window missing, looked at a window at a time;
+//! * what is below the oldest seq the sensor announced it holds is lost at once, unasked;
+//! * requests are made a slice at a time, at most `max_requests_per_tick` per tick over all
+//!   epochs; a gap is never materialised as a list of requests;
+//! * at most `max_epochs` epochs are tracked (the least recently active one is forgotten), and
+//!   a complete epoch leaves a minute after its final announcement;
+//! * an "unavailable" answer counts only up to the epoch's high-water mark;
+//! * `GET /gaps` lists at most [`REPORT_MAX_EPOCHS`] epochs of [`REPORT_MAX_RANGES`] ranges.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -57,9 +73,10 @@ pub struct GapSettings {
     /// Most requests made in one tick, over all sensor epochs: a huge gap (or thousands of
     /// them) is asked for a slice at a time, never materialised whole.
     pub max_requests_per_tick: usize,
-    /// Seqs further than this below an epoch's high-water mark are never asked for when the
-    /// sensor did not announce the oldest seq it holds: no sensor history is that long, so
-    /// they are reported lost at once (`--replay-window`).
+    /// How far beyond the covered prefix of an epoch (every seq up to it written or lost)
+    /// written or announced seqs count for gaps. Longer than any sensor history, so that a
+    /// real gap is seen whole, but a forged seq of 10^15 does not make 10^15 seqs missing:
+    /// such a gap is looked at a window at a time.
     pub replay_window: u64,
     /// Most sensor epochs tracked; past it the least recently active one is forgotten
     /// (`--max-sensor-epochs`).
@@ -615,8 +632,12 @@ impl EpochState {
         self.written = written.len();
         self.highest_written = written.max();
 
-        // The high-water mark, and what it was a grace period ago.
-        let high = written.max().max(self.announced);
+        // The high-water mark, and what it was a grace period ago. Seqs written or announced
+        // count up to `replay_window` beyond the covered prefix (every seq up to it written
+        // or lost): no sensor history reaches further, and a forged `last_seq` or result seq
+        // of 10^15 must not make 10^15 seqs missing. The window moves on as the prefix grows.
+        let limit = covered_prefix(written, &self.lost).saturating_add(s.replay_window);
+        let high = written.max_at_most(limit).max(self.announced.min(limit));
         if self.highs.back().is_none_or(|(_, h)| *h < high) && high > 0 {
             self.highs.push_back((now, high));
         }
@@ -646,13 +667,8 @@ impl EpochState {
         let mut due = not_lost(written.missing(due_high), &self.lost);
 
         // What is due but older than the sensor can replay is lost at once, without asking:
-        // below the oldest seq it announced, or, when it announced none, further below the
-        // high-water mark than any sensor history reaches (`replay_window`).
-        let floor = if self.oldest > 0 {
-            self.oldest
-        } else {
-            due_high.saturating_sub(s.replay_window - 1).max(1)
-        };
+        // below the oldest seq it announced it still holds.
+        let floor = self.oldest.max(1);
         let mut unavailable = Vec::new();
         if due.first().is_some_and(|(from, _)| *from < floor) {
             let mut rest = Vec::with_capacity(due.len());
@@ -771,6 +787,21 @@ impl EpochState {
             losses,
             unavailable,
             deferred,
+        }
+    }
+}
+
+/// The highest seq `h` such that every seq of `1..=h` is written or lost (0 when seq 1 is
+/// neither). Costs one step per range passed.
+fn covered_prefix(written: &SeqSet, lost: &SeqSet) -> u64 {
+    let mut h = 0u64;
+    loop {
+        let Some(next) = h.checked_add(1) else {
+            return h;
+        };
+        match written.range_end(next).or_else(|| lost.range_end(next)) {
+            Some(end) => h = end,
+            None => return h,
         }
     }
 }
@@ -1170,34 +1201,72 @@ mod tests {
     fn a_forged_huge_announcement_costs_bounded_work() {
         let t0 = Instant::now();
         let mut g = Gaps::new(settings());
+        let s = g.settings().clone();
         let written = seen(1..=10);
         g.on_status("s", 1, 1_000_000_000_000_000, 0, false, t0);
         g.tick(t0, &written);
         let out = g.tick(t0 + 1000 * MS, &written);
-        let s = g.settings().clone();
-        // Nothing older than the replay window below the announced seq is asked for: it is
-        // lost at once, as one range.
-        let floor = 1_000_000_000_000_000 - s.replay_window + 1;
-        assert_eq!(
-            out.losses
-                .iter()
-                .map(|l| (l.from, l.to, l.reason))
-                .collect::<Vec<_>>(),
-            [(11, floor - 1, LossReason::Unavailable)]
-        );
-        // What is left is asked for a slice at a time.
+        // The announcement counts only up to the replay window beyond what is written...
+        let report = g.report(t0 + 1000 * MS);
+        assert_eq!(report.missing, s.replay_window);
+        // ... and that is asked for a slice at a time.
         assert!(
             out.asks.len() <= s.max_requests_per_tick,
             "{}",
             out.asks.len()
         );
         assert!(out.asks.iter().all(|a| a.to - a.from < s.max_span));
-        assert_eq!(out.asks[0].from, floor);
+        assert_eq!(out.asks[0].from, 11);
         assert!(out.deferred > 0);
         let next = g.tick(t0 + 1001 * MS, &written);
         assert!(next.asks.len() <= s.max_requests_per_tick);
         assert_eq!(next.asks[0].from, out.asks.last().map_or(0, |a| a.to + 1));
         assert!(g.report(t0).epochs[0].gaps.len() <= REPORT_MAX_RANGES);
+        // Given up on a window at a time: what is missing never exceeds the window, and
+        // the tracker's state stays small.
+        let mut t = t0 + 1002 * MS;
+        for _ in 0..2_000 {
+            let out = g.tick(t, &written);
+            assert!(out.asks.len() <= s.max_requests_per_tick);
+            t += 100 * MS;
+        }
+        let report = g.report(t);
+        assert!(report.missing <= s.replay_window, "{}", report.missing);
+        assert!(report.lost >= s.replay_window, "{}", report.lost);
+        assert!(
+            report.epochs[0].gap_count < 1_000,
+            "{:?}",
+            report.epochs[0].gap_count
+        );
+        assert_eq!(report.epochs[0].lost_range_count, 1);
+    }
+
+    #[test]
+    fn a_forged_result_far_beyond_the_rest_opens_no_gap() {
+        let t0 = Instant::now();
+        let mut g = Gaps::new(settings());
+        let written = seen((1..=10).chain([1_000_000_000_000_000]));
+        g.tick(t0, &written);
+        let out = g.tick(t0 + 1000 * MS, &written);
+        assert!(out.asks.is_empty() && out.losses.is_empty());
+        assert_eq!(g.report(t0).missing, 0);
+    }
+
+    #[test]
+    fn a_gap_longer_than_the_window_is_asked_for_a_window_at_a_time() {
+        let t0 = Instant::now();
+        let mut g = Gaps::new(GapSettings {
+            replay_window: 100,
+            ..settings()
+        });
+        let written = seen([1, 1000]);
+        g.on_status("s", 1, 1000, 0, false, t0);
+        g.tick(t0, &written);
+        assert_eq!(asks(&g.tick(t0 + 1000 * MS, &written)), [(2, 101, 1)]);
+        // Once that part is written (or lost), the window moves on.
+        let more = seen((1..=101).chain([1000]));
+        g.tick(t0 + 1100 * MS, &more);
+        assert_eq!(asks(&g.tick(t0 + 2100 * MS, &more)), [(102, 201, 1)]);
     }
 
     #[test]

@@ -106,6 +106,22 @@ impl SeqSet {
         }
     }
 
+    /// The last seq of the range holding `seq`, if `seq` is in the set.
+    pub fn range_end(&self, seq: u64) -> Option<u64> {
+        self.ranges
+            .range(..=seq)
+            .next_back()
+            .and_then(|(_, end)| (*end >= seq).then_some(*end))
+    }
+
+    /// The highest seq in the set that is at most `limit` (0 when none).
+    pub fn max_at_most(&self, limit: u64) -> u64 {
+        self.ranges
+            .range(..=limit)
+            .next_back()
+            .map_or(0, |(_, end)| (*end).min(limit))
+    }
+
     /// The highest seq in the set (0 when empty).
     pub fn max(&self) -> u64 {
         self.ranges.values().next_back().copied().unwrap_or(0)
