@@ -40,7 +40,8 @@
 //! * what is below the oldest seq the sensor announced it holds is lost at once, unasked;
 //! * requests are made a slice at a time, at most `max_requests_per_tick` per tick over all
 //!   epochs; a gap is never materialised as a list of requests;
-//! * at most `max_epochs` epochs are tracked (the least recently active one is forgotten), and
+//! * at most `max_epochs` epochs are tracked (the one with the fewest readings
+//!   written, then the least recently active, is forgotten), and
 //!   a complete epoch leaves a minute after its final announcement;
 //! * an "unavailable" answer counts only up to the epoch's high-water mark;
 //! * `GET /gaps` lists at most [`REPORT_MAX_EPOCHS`] epochs of [`REPORT_MAX_RANGES`] ranges.
@@ -78,7 +79,8 @@ pub struct GapSettings {
     /// real gap is seen whole, but a forged seq of 10^15 does not make 10^15 seqs missing:
     /// such a gap is looked at a window at a time.
     pub replay_window: u64,
-    /// Most sensor epochs tracked; past it the least recently active one is forgotten
+    /// Most sensor epochs tracked; past it the one with the fewest readings written, then the
+    /// least recently active, is forgotten
     /// (`--max-sensor-epochs`).
     pub max_epochs: usize,
 }
@@ -558,24 +560,36 @@ impl Gaps {
     }
 
     /// The state of one sensor epoch, created empty when new; `None` for an epoch dropped
-    /// earlier. Creating one beyond `max_epochs` forgets the least recently active epoch.
+    /// earlier. Creating one beyond `max_epochs` forgets the epochs with the fewest readings
+    /// written, then the least recently active (a sixteenth of the limit at once).
     fn state(&mut self, sensor_id: &str, epoch: u64, now: Instant) -> Option<&mut EpochState> {
         let key = (sensor_id.to_owned(), epoch);
         if self.dropped.contains(&key) {
             return None;
         }
         if !self.epochs.contains_key(&key) && self.epochs.len() >= self.settings.max_epochs {
-            let oldest = self
+            // Fewest readings written first (an epoch only announced, as a forged one is,
+            // has none), then the least recently active. A sixteenth of the limit goes at
+            // once, so that the scan is paid once per many new epochs.
+            let count = (self.settings.max_epochs / 16).clamp(1, self.epochs.len());
+            let mut order: Vec<(u64, Instant, &(String, u64))> = self
                 .epochs
                 .iter()
-                .min_by_key(|(_, s)| s.active_at)
-                .map(|(k, _)| k.clone());
-            if let Some(oldest) = oldest {
-                self.epochs.remove(&oldest);
+                .map(|(k, s)| (s.written, s.active_at, k))
+                .collect();
+            if count < order.len() {
+                order.select_nth_unstable(count - 1);
+            }
+            let victims: Vec<(String, u64)> = order[..count]
+                .iter()
+                .map(|(_, _, k)| (*k).clone())
+                .collect();
+            for victim in victims {
+                self.epochs.remove(&victim);
                 self.dropped
-                    .insert(oldest.clone(), self.settings.max_epochs);
+                    .insert(victim.clone(), self.settings.max_epochs);
                 self.evicted.0 += 1;
-                self.evicted.1.get_or_insert(oldest);
+                self.evicted.1.get_or_insert(victim);
             }
         }
         Some(

@@ -334,18 +334,32 @@ impl Seen {
 
     /// Forgets epochs until the limits hold; `keep` (the epoch just written) goes last.
     fn enforce(&mut self, keep: Option<&(String, u64)>) {
-        while self.epochs.len() > self.limits.max_epochs {
-            let Some(oldest) = self
+        if self.epochs.len() > self.limits.max_epochs {
+            // The epochs with the fewest readings go first, the least recently written of
+            // those: a flood of forged sensor ids (one reading each) then costs the real
+            // sensors nothing, and forgetting them loses the least de-duplication. A
+            // sixteenth of the limit goes at once, so that the scan is paid once per many
+            // new epochs rather than once per result.
+            let excess = self.epochs.len() - self.limits.max_epochs;
+            let count = excess.max(self.limits.max_epochs / 16).max(1);
+            let mut order: Vec<(u64, u64, &(String, u64))> = self
                 .epochs
                 .iter()
                 .filter(|(k, _)| Some(*k) != keep)
-                .min_by_key(|(_, e)| e.touched)
-                .map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            self.forget(oldest);
-            self.recent.epochs += 1;
+                .map(|(k, e)| (e.set.len(), e.touched, k))
+                .collect();
+            let count = count.min(order.len());
+            if count > 0 && count < order.len() {
+                order.select_nth_unstable(count - 1);
+            }
+            let victims: Vec<(String, u64)> = order[..count]
+                .iter()
+                .map(|(_, _, k)| (*k).clone())
+                .collect();
+            for victim in victims {
+                self.forget(victim);
+                self.recent.epochs += 1;
+            }
         }
         while self.ranges > self.limits.max_ranges {
             let Some(largest) = self
@@ -522,7 +536,7 @@ mod tests {
     }
 
     #[test]
-    fn epochs_beyond_the_limit_are_forgotten_least_recently_written_first() {
+    fn epochs_beyond_the_limit_are_forgotten_smallest_then_least_recently_written_first() {
         let mut seen = Seen::with_limits(SeenLimits {
             max_epochs: 3,
             max_ranges: 1000,
@@ -535,15 +549,18 @@ mod tests {
             seen.insert(&key(&format!("forged-{n}"), 9, 1));
             seen.insert(&key("real", 1, n + 2));
         }
+        // Then more, while it is quiet: its epoch holds more readings than any forged one.
+        for n in 100..200 {
+            seen.insert(&key(&format!("forged-{n}"), 9, 1));
+        }
+        assert_eq!(seen.epoch("real", 1).map(SeqSet::len), Some(101));
+        seen.take_forgotten();
         assert_eq!(seen.epochs(), 3);
         assert_eq!(seen.epoch("real", 1).map(SeqSet::len), Some(101));
         assert_eq!(seen.len(), 101 + 2, "{seen:?}");
-        let forgotten = seen.take_forgotten();
-        assert_eq!((forgotten.epochs, forgotten.ranges), (100, 0));
-        assert_eq!(forgotten.example, Some(("real".to_owned(), 2)));
         // The last few forgotten are remembered (as many as max_epochs).
-        assert!(seen.is_forgotten(&("forged-97".to_owned(), 9)));
-        assert!(!seen.is_forgotten(&("real".to_owned(), 2)));
+        assert!(seen.is_forgotten(&("forged-197".to_owned(), 9)));
+        assert!(!seen.is_forgotten(&("real".to_owned(), 1)));
         assert_eq!(seen.take_forgotten(), Forgotten::default(), "taken once");
     }
 
