@@ -20,6 +20,8 @@ use nix::unistd::Pid;
 
 pub use nsq::testkit::{free_port, Nsqadmin, Nsqd, Nsqlookupd};
 
+pub mod secure;
+
 /// The directory holding the workspace's binaries (`target/debug`), found from the running
 /// test executable (`target/debug/deps/<test>`).
 pub fn bin_dir() -> PathBuf {

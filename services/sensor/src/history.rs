@@ -41,73 +41,151 @@ pub struct Replay {
     pub not_taken: Option<SeqRange>,
 }
 
-/// The most recent readings of one epoch, oldest first.
+/// The most recent readings of one epoch, oldest first, stored compactly: the fields every
+/// reading of an epoch shares (schema, sensor id, epoch, number of values) once, the seq
+/// implied by the position, and per reading only its `taken_at` and its values, each in one
+/// contiguous ring. A reading with 3 values costs 20 bytes ([`History::bytes_per_reading`]),
+/// where a `SensorReading` with its own `String` and `Vec` costs well over 100.
 #[derive(Debug, Clone)]
 pub struct History {
-    /// Most readings kept; 0 keeps none.
+    /// Most readings kept (`--history`); 0 keeps none.
     capacity: usize,
-    /// The readings, with contiguous increasing seqs.
-    readings: VecDeque<SensorReading>,
+    /// Most bytes the readings may take (`--history-bytes`); with the values per reading,
+    /// this bounds the readings kept too.
+    max_bytes: usize,
+    /// Schema of the readings held.
+    schema: u8,
+    /// Sensor id of the readings held.
+    sensor_id: String,
+    /// Epoch of the readings held.
+    epoch: u64,
+    /// Values per reading held.
+    stride: usize,
+    /// Seq of the oldest reading held (meaningful while `taken_at` is not empty).
+    oldest: u64,
+    /// `taken_at` of each reading held, oldest first.
+    taken_at: VecDeque<u64>,
+    /// The values of the readings held, `stride` per reading, oldest first.
+    values: VecDeque<u32>,
     /// Seq of the newest reading pushed, held or not (0 before the first).
     last_seq: u64,
 }
 
 impl History {
-    /// An empty history keeping at most `capacity` readings.
-    pub fn new(capacity: usize) -> Self {
+    /// An empty history keeping at most `capacity` readings, and at most `max_bytes` of
+    /// them (see [`History::bytes_per_reading`]).
+    pub fn new(capacity: usize, max_bytes: usize) -> Self {
         Self {
             capacity,
-            readings: VecDeque::with_capacity(capacity.min(4096)),
+            max_bytes,
+            schema: messages::SCHEMA_VERSION,
+            sensor_id: String::new(),
+            epoch: 0,
+            stride: 0,
+            oldest: 0,
+            taken_at: VecDeque::new(),
+            values: VecDeque::new(),
             last_seq: 0,
         }
     }
 
+    /// What one reading with `values` values costs in the history, in bytes: its `taken_at`
+    /// and its values (plus the ring's spare room, at most as much again).
+    pub const fn bytes_per_reading(values: usize) -> usize {
+        8 + 4 * values
+    }
+
+    /// Most readings held with `values` values per reading: `--history`, or fewer when
+    /// `--history-bytes` is the tighter bound.
+    pub fn capacity_for(&self, values: usize) -> usize {
+        self.capacity
+            .min(self.max_bytes / Self::bytes_per_reading(values))
+    }
+
     /// Adds the newest reading, evicting the oldest when full.
     ///
-    /// Its seq must follow the newest one held (the sensor takes readings in seq order); a
-    /// reading that does not restarts the history, which keeps the seqs contiguous.
+    /// Its seq must follow the newest one held, and it must share the held readings' sensor
+    /// id, epoch and number of values (the sensor takes readings in seq order, all alike); a
+    /// reading that does not restarts the history, which keeps it contiguous.
     pub fn push(&mut self, reading: SensorReading) {
         self.last_seq = reading.seq;
-        if self.capacity == 0 {
+        let capacity = self.capacity_for(reading.values.len());
+        if capacity == 0 {
+            self.clear();
             return;
         }
-        if self
+        let follows = self
             .newest_seq()
-            .is_some_and(|newest| reading.seq != newest.wrapping_add(1))
-        {
-            self.readings.clear();
+            .is_some_and(|newest| reading.seq == newest.wrapping_add(1));
+        let alike = reading.epoch == self.epoch
+            && reading.values.len() == self.stride
+            && reading.schema == self.schema
+            && reading.sensor_id == self.sensor_id;
+        if !(follows && alike) {
+            self.clear();
+            self.schema = reading.schema;
+            self.sensor_id = reading.sensor_id;
+            self.epoch = reading.epoch;
+            self.stride = reading.values.len();
+            self.oldest = reading.seq;
         }
-        if self.readings.len() == self.capacity {
-            self.readings.pop_front();
+        while self.taken_at.len() >= capacity {
+            self.taken_at.pop_front();
+            self.values.drain(..self.stride);
+            self.oldest += 1;
         }
-        self.readings.push_back(reading);
+        self.taken_at.push_back(reading.taken_at);
+        self.values.extend(reading.values);
+    }
+
+    /// Drops every reading held.
+    fn clear(&mut self) {
+        self.taken_at.clear();
+        self.values.clear();
     }
 
     /// Number of readings held.
     pub fn len(&self) -> usize {
-        self.readings.len()
+        self.taken_at.len()
     }
 
     /// Whether no reading is held.
     pub fn is_empty(&self) -> bool {
-        self.readings.is_empty()
+        self.taken_at.is_empty()
+    }
+
+    /// Bytes the held readings take in their rings (allocated room included).
+    pub fn allocated_bytes(&self) -> usize {
+        self.taken_at.capacity() * 8 + self.values.capacity() * 4
     }
 
     /// Seq of the oldest reading held.
     pub fn oldest_seq(&self) -> Option<u64> {
-        self.readings.front().map(|r| r.seq)
+        (!self.is_empty()).then_some(self.oldest)
     }
 
     /// Seq of the newest reading held.
     pub fn newest_seq(&self) -> Option<u64> {
-        self.readings.back().map(|r| r.seq)
+        (!self.is_empty()).then(|| self.oldest + self.taken_at.len() as u64 - 1)
     }
 
-    /// The reading with this seq, if held.
-    pub fn get(&self, seq: u64) -> Option<&SensorReading> {
-        let oldest = self.oldest_seq()?;
-        let index = usize::try_from(seq.checked_sub(oldest)?).ok()?;
-        self.readings.get(index)
+    /// The reading with this seq, if held, as it was taken.
+    pub fn get(&self, seq: u64) -> Option<SensorReading> {
+        let index = usize::try_from(seq.checked_sub(self.oldest_seq()?)?).ok()?;
+        let taken_at = *self.taken_at.get(index)?;
+        let start = index * self.stride;
+        Some(SensorReading {
+            schema: self.schema,
+            sensor_id: self.sensor_id.clone(),
+            epoch: self.epoch,
+            seq,
+            taken_at,
+            values: self
+                .values
+                .range(start..start + self.stride)
+                .copied()
+                .collect(),
+        })
     }
 
     /// Seq of the newest reading pushed, whether still held or not (0 before the first).
@@ -155,7 +233,7 @@ impl History {
         if start <= taken_to {
             replay
                 .readings
-                .extend((start..=taken_to).filter_map(|seq| self.get(seq)).cloned());
+                .extend((start..=taken_to).filter_map(|seq| self.get(seq)));
         }
         replay
     }
@@ -181,7 +259,7 @@ impl History {
         if start <= end {
             lookup
                 .readings
-                .extend((start..=end).filter_map(|seq| self.get(seq)).cloned());
+                .extend((start..=end).filter_map(|seq| self.get(seq)));
         }
         if to > newest {
             lookup.unavailable.push(SeqRange {
@@ -214,7 +292,7 @@ mod tests {
 
     #[test]
     fn keeps_the_most_recent() {
-        let mut h = History::new(3);
+        let mut h = History::new(3, usize::MAX);
         for seq in 1..=5 {
             h.push(reading(seq));
         }
@@ -227,7 +305,7 @@ mod tests {
 
     #[test]
     fn range_reports_what_is_missing() {
-        let mut h = History::new(3);
+        let mut h = History::new(3, usize::MAX);
         for seq in 1..=5 {
             h.push(reading(seq));
         }
@@ -250,7 +328,7 @@ mod tests {
 
     #[test]
     fn empty_and_zero_capacity() {
-        let mut h = History::new(0);
+        let mut h = History::new(0, usize::MAX);
         h.push(reading(1));
         assert!(h.is_empty());
         assert_eq!(h.range(1, 1).unavailable, [SeqRange { from: 1, to: 1 }]);
@@ -258,7 +336,7 @@ mod tests {
 
     #[test]
     fn replay_tells_evicted_from_not_yet_taken() {
-        let mut h = History::new(3);
+        let mut h = History::new(3, usize::MAX);
         for seq in 1..=5 {
             h.push(reading(seq));
         }
@@ -285,7 +363,7 @@ mod tests {
 
     #[test]
     fn replay_without_history_evicts_everything_taken() {
-        let mut h = History::new(0);
+        let mut h = History::new(0, usize::MAX);
         h.push(reading(1));
         h.push(reading(2));
         let r = h.replay(1, 3);
@@ -295,8 +373,87 @@ mod tests {
     }
 
     #[test]
+    fn readings_come_back_exactly_as_taken() {
+        let mut h = History::new(4, usize::MAX);
+        let taken: Vec<SensorReading> = (1..=6)
+            .map(|seq| SensorReading {
+                schema: messages::SCHEMA_VERSION,
+                sensor_id: "sensor-7".to_owned(),
+                epoch: 99,
+                seq,
+                taken_at: 1_000 + seq * 7,
+                values: vec![seq as u32, u32::MAX, 0],
+            })
+            .collect();
+        for r in &taken {
+            h.push(r.clone());
+        }
+        assert_eq!(h.range(1, 6).readings, taken[2..]);
+        assert_eq!(h.replay(3, 6).readings, taken[2..]);
+        assert_eq!(h.get(5), Some(taken[4].clone()));
+    }
+
+    #[test]
+    fn bytes_bound_the_readings_kept() {
+        let per = History::bytes_per_reading(40);
+        assert_eq!(per, 168);
+        let mut h = History::new(100_000, 10 * per);
+        assert_eq!(h.capacity_for(40), 10);
+        assert_eq!(h.capacity_for(3), 84);
+        for seq in 1..=50 {
+            h.push(SensorReading {
+                values: vec![1; 40],
+                ..reading(seq)
+            });
+        }
+        assert_eq!(h.len(), 10);
+        assert_eq!((h.oldest_seq(), h.newest_seq()), (Some(41), Some(50)));
+        assert!(
+            h.allocated_bytes() <= 2 * 10 * per,
+            "{}",
+            h.allocated_bytes()
+        );
+    }
+
+    #[test]
+    fn a_full_default_history_is_small() {
+        // --history 100,000 with --values 3: 20 bytes a reading, 2 MB, where SensorReadings
+        // took about 24 MB.
+        let mut h = History::new(100_000, usize::MAX);
+        for seq in 1..=150_000 {
+            h.push(SensorReading {
+                values: vec![1, 2, 3],
+                ..reading(seq)
+            });
+        }
+        assert_eq!(h.len(), 100_000);
+        assert!(
+            h.allocated_bytes() <= 2 * 100_000 * History::bytes_per_reading(3),
+            "{}",
+            h.allocated_bytes()
+        );
+    }
+
+    #[test]
+    fn another_epoch_or_shape_restarts_the_history() {
+        let mut h = History::new(10, usize::MAX);
+        h.push(reading(1));
+        h.push(SensorReading {
+            epoch: 2,
+            ..reading(2)
+        });
+        assert_eq!((h.oldest_seq(), h.len()), (Some(2), 1));
+        h.push(SensorReading {
+            epoch: 2,
+            values: vec![1, 2],
+            ..reading(3)
+        });
+        assert_eq!((h.oldest_seq(), h.len()), (Some(3), 1));
+    }
+
+    #[test]
     fn a_seq_jump_restarts_the_history() {
-        let mut h = History::new(10);
+        let mut h = History::new(10, usize::MAX);
         h.push(reading(1));
         h.push(reading(2));
         h.push(reading(7));

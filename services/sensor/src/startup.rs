@@ -87,7 +87,7 @@ impl Application {
         )
         .context("starting the nsqd producer")?;
 
-        let history = Arc::new(Mutex::new(History::new(settings.history)));
+        let history = Arc::new(Mutex::new(History::new(settings.history, usize::MAX)));
         let readiness =
             Readiness::not_ready(format!("connecting to nsqd {}", settings.nsqd_tcp_address));
         let base = BaseState::new(SERVICE, &settings.sensor_id, readiness.clone(), metrics);
