@@ -560,15 +560,33 @@ impl<'a> Sources<'a> {
         use config::Source as _;
 
         let prefix = self.env_prefix.trim_end_matches('_');
-        let mut source = config::Environment::with_prefix(prefix)
+        // The variables are picked here, with the prefix in upper case exactly (the `config`
+        // crate compares it in any case); it strips the prefix and makes the keys.
+        let upper = format!("{}_", prefix.to_ascii_uppercase());
+        let vars: config::Map<String, String> = match self.env {
+            Some(env) => env
+                .iter()
+                .filter(|(k, _)| k.starts_with(&upper))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            None => {
+                let mut vars = config::Map::new();
+                for (k, v) in std::env::vars_os() {
+                    let Some(k) = k.to_str().filter(|k| k.starts_with(&upper)) else {
+                        continue;
+                    };
+                    let v = v
+                        .into_string()
+                        .map_err(|_| ConfigError::Environment(format!("{k} is not valid UTF-8")))?;
+                    vars.insert(k.to_owned(), v);
+                }
+                vars
+            }
+        };
+        let map = config::Environment::with_prefix(prefix)
             .prefix_separator("_")
-            .try_parsing(false);
-        if let Some(env) = self.env {
-            source = source.source(Some(
-                env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            ));
-        }
-        let map = source
+            .try_parsing(false)
+            .source(Some(vars))
             .collect()
             .map_err(|e| ConfigError::Environment(e.to_string()))?;
         let mut vars: Vec<(String, config::Value)> = map.into_iter().collect();
@@ -1137,6 +1155,12 @@ mod tests {
         assert_eq!(config.auth_secret.as_deref(), Some("hunter2"));
         let config = load(&e, None, &["--verbose=false"]).unwrap();
         assert!(!config.verbose, "flag beats env");
+    }
+
+    #[test]
+    fn the_prefix_is_upper_case() {
+        let e = env(&[("worker_topic", "t"), ("Worker_Bogus", "x")]);
+        assert_eq!(&*load(&e, None, &[]).unwrap().topic, "sensor_data");
     }
 
     #[test]
