@@ -2,7 +2,7 @@
 //!
 //! [`HostPort`] (an address to connect to), [`ListenAddr`] (an address to listen on, port 0
 //! allowed) and [`LookupdAddr`] (an nsqlookupd HTTP address) implement `FromStr`, and clap
-//! parses settings of these types with [`crate::config::Parse`], so that a typo fails at
+//! parses settings of these types with [`crate::setting::Parse`], so that a typo fails at
 //! start-up with exit code 2 and a message naming the flag (or the environment variable, or
 //! the file), rather than as a connection error later:
 //!
@@ -18,7 +18,7 @@
 //!
 //! let err = addr::host_port("--nsqd-tcp-address", "foo").unwrap_err();
 //! assert_eq!(err.to_string(), "`--nsqd-tcp-address` 'foo' is not host:port (e.g. 127.0.0.1:4150)");
-//! # Ok::<(), suite_common::config::Invalid>(())
+//! # Ok::<(), suite_common::setting::Invalid>(())
 //! ```
 //!
 //! Names are not resolved here: a host name is only checked for shape, because the host may
@@ -26,7 +26,7 @@
 
 use std::{fmt, net::Ipv6Addr, str::FromStr};
 
-use crate::config::Invalid;
+use crate::setting::Invalid;
 
 /// An address setting that is not valid.
 ///
@@ -171,7 +171,7 @@ impl fmt::Display for LookupdAddr {
     }
 }
 
-crate::config::setting_type!(HostPort, ListenAddr, LookupdAddr);
+crate::setting_type!(HostPort, ListenAddr, LookupdAddr);
 
 /// The base URLs of nsqlookupd addresses (see [`LookupdAddr::url`]).
 pub fn lookupd_urls(addrs: &[LookupdAddr]) -> Vec<String> {

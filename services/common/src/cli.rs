@@ -60,9 +60,8 @@ use serde::Serialize;
 
 use crate::{
     addr::{HostPort, LookupdAddr},
-    config::{
-        at_least_one, ConfigError, HumanDuration, Invalid, LoadError, Parse, Sources, NOT_SETTINGS,
-    },
+    config::{ConfigError, LoadError, Sources, NOT_SETTINGS},
+    setting::{at_least_one, HumanDuration, Invalid, Parse},
     telemetry::LogFormat,
 };
 

@@ -13,9 +13,10 @@
 //!   groups of settings [`LogArgs`](cli::LogArgs) and [`ConsumerArgs`](cli::ConsumerArgs),
 //!   the `healthcheck` subcommand, and [`ServiceCli`](cli::ServiceCli), which parses.
 //! * [`config`]: fills the service's settings struct from flags > environment > TOML file >
-//!   defaults, rejecting unknown environment variables and file keys; the typed settings
-//!   (durations, topic and channel names); prints the settings with secrets redacted.
-//! * [`addr`]: `host:port` and nsqlookupd address types that validate while parsing.
+//!   defaults, rejecting unknown environment variables and file keys; prints the settings
+//!   with secrets redacted.
+//! * [`setting`] and [`addr`]: the types of settings (durations, topic and channel names,
+//!   `host:port` and nsqlookupd addresses), which validate while they parse.
 //! * [`telemetry`]: installs the `tracing` subscriber (text or JSON, `RUST_LOG` wins).
 //! * [`http`]: binds the HTTP port, serves `/health`, `/ready` (from a
 //!   [`Readiness`](http::Readiness) handle) and `/metrics` (Prometheus) plus the service's
@@ -44,6 +45,7 @@ pub mod config;
 pub mod exit;
 pub mod healthcheck;
 pub mod http;
+pub mod setting;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -13,7 +13,8 @@ use serde::Serialize;
 use suite_common::{
     addr::{HostPort, ListenAddr},
     cli::{CommonArgs, CommonCommand, ConsumerArgs, LogArgs, ServiceCli},
-    config::{non_empty, Channel, ConfigError, HumanDuration, Invalid, Parse, Topic},
+    config::ConfigError,
+    setting::{non_empty, Channel, HumanDuration, Invalid, Parse, Topic},
 };
 
 use crate::gaps::GapSettings;
@@ -214,7 +215,7 @@ fn lost_output_path(text: &str) -> Result<PathBuf, Invalid> {
 
 /// Parses `--replay-max-attempts`: at least 1.
 fn replay_max_attempts(text: &str) -> Result<u32, Invalid> {
-    suite_common::config::at_least_one(text).map_err(|e| match e {
+    suite_common::setting::at_least_one(text).map_err(|e| match e {
         Invalid::Value(m) if m == "must be at least 1" => {
             Invalid::Value("must be at least 1 (use --detect-gaps=false to never ask)".to_owned())
         }

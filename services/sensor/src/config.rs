@@ -12,7 +12,7 @@ use serde::Serialize;
 use suite_common::{
     addr::{HostPort, ListenAddr, LookupdAddr},
     cli::{CommonArgs, CommonCommand, LogArgs, ServiceCli},
-    config::{at_least_one, non_empty, HumanDuration, Invalid, Parse, Topic},
+    setting::{at_least_one, non_empty, HumanDuration, Invalid, Parse, Topic},
 };
 
 /// Prefix of the sensor's environment variables (`SENSOR_TOPIC`, ...).

@@ -13,7 +13,8 @@ use serde::Serialize;
 use suite_common::{
     addr::{HostPort, ListenAddr},
     cli::{CommonArgs, CommonCommand, ConsumerArgs, LogArgs, ServiceCli},
-    config::{non_empty, Channel, ConfigError, HumanDuration, Invalid, Parse, Topic},
+    config::ConfigError,
+    setting::{non_empty, Channel, HumanDuration, Invalid, Parse, Topic},
 };
 
 /// Prefix of the worker's environment variables (`WORKER_TOPIC`, ...).
