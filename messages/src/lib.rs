@@ -87,6 +87,10 @@ pub const STATUS_TOPIC: &str = "sensor_status";
 /// A message that a consumer gives up on is published there as a [`DeadLetter`].
 pub const DEAD_LETTER_SUFFIX: &str = ".dead";
 
+/// Longest `sensor_id` or `worker_id`, in bytes. Readers keep ids in memory per sensor epoch
+/// and per worker, so they reject a message with a longer one; writers never make one.
+pub const MAX_ID_BYTES: usize = 256;
+
 /// Deepest nesting of MessagePack containers a decoder accepts.
 ///
 /// The contract's own messages nest two levels (a map holding arrays); the margin is for

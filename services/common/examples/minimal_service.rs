@@ -9,17 +9,17 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use suite_common::{
-    addr,
-    cli::{CommonArgs, CommonCommand},
+    addr::{HostPort, ListenAddr},
+    cli::{CommonArgs, CommonCommand, LogArgs, ServiceCli},
     config, exit, healthcheck,
     http::{self, BaseState, HttpServer, Readiness},
     shutdown::{self, CancellationToken},
-    telemetry::{self, LogFormat},
+    telemetry,
 };
 
-/// The command line: subcommands, common flags, the service's own flags.
+/// The command line: subcommands, common flags, the service's settings.
 #[derive(Parser)]
 #[command(name = "minimal", version, about = "Example service")]
 struct Cli {
@@ -28,67 +28,54 @@ struct Cli {
     #[command(flatten)]
     common: CommonArgs,
     #[command(flatten)]
-    flags: Flags,
+    config: Config,
 }
 
-/// The service's own flags: each one overrides the config key of the same name.
+/// The settings: each declared once, with its type (validated while parsing), its help and
+/// its default. Flags, `MINIMAL_*` variables and the `--config` file all fill it.
 #[derive(clap::Args, Serialize)]
-struct Flags {
-    /// nsqd TCP address (repeatable)
-    #[arg(long, value_name = "HOST:PORT")]
-    nsqd_tcp_address: Vec<String>,
-    /// Instance id (tells replicas apart in logs and metrics)
-    #[arg(long)]
-    id: Option<String>,
-}
-
-/// The effective configuration, flat, with the three common keys.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct Config {
-    /// Where to publish.
-    nsqd_tcp_address: Vec<String>,
-    /// Instance id.
+    /// nsqd TCP address; repeatable
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:4150")]
+    nsqd_tcp_address: Vec<HostPort>,
+    /// Instance id (tells replicas apart in logs and metrics)
+    #[arg(long, default_value = "minimal-1")]
     id: String,
-    /// Log format (common key).
-    log_format: LogFormat,
-    /// Log level (common key).
-    log_level: String,
-    /// HTTP port (common key).
-    http_address: String,
+    /// Address of the HTTP port
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        global = true,
+        default_value = "127.0.0.1:4199"
+    )]
+    http_address: ListenAddr,
+    #[command(flatten)]
+    #[serde(flatten)]
+    log: LogArgs,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            nsqd_tcp_address: vec!["127.0.0.1:4150".to_owned()],
-            id: "minimal-1".to_owned(),
-            log_format: LogFormat::Text,
-            log_level: "info".to_owned(),
-            http_address: "127.0.0.1:4199".to_owned(),
-        }
+impl ServiceCli for Cli {
+    const ENV_PREFIX: &'static str = "MINIMAL";
+    fn common(&self) -> &CommonArgs {
+        &self.common
     }
 }
 
 fn main() -> ExitCode {
-    exit::finish(run(Cli::parse()))
+    // A bad flag exits 2 here (clap); a bad variable or file is an error, also exit 2.
+    exit::finish(Cli::parse_args().map_err(Into::into).and_then(run))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let config: Config = cli
-        .common
-        .load_config("MINIMAL", &["nsqd_tcp_address"], &cli.flags)?;
+    let config = cli.config;
     if cli.common.print_config {
         return Ok(config::print_config(&config)?);
     }
     if let Some(CommonCommand::Healthcheck) = cli.command {
-        return Ok(healthcheck::probe(&config.http_address)?);
+        return Ok(healthcheck::probe(&config.http_address.to_string())?);
     }
-    // Validation errors are usage errors: `exit::finish` makes them exit code 2.
-    let nsqd = addr::host_ports("--nsqd-tcp-address", &config.nsqd_tcp_address)?;
-    addr::listen_address("--http-address", &config.http_address)?;
-    telemetry::init(config.log_format, &config.log_level)?;
-    let nsqd: Vec<String> = nsqd.iter().map(ToString::to_string).collect();
+    telemetry::init(config.log.log_format, &config.log.log_level)?;
+    let nsqd = suite_common::addr::to_strings(&config.nsqd_tcp_address);
     tracing::info!(?nsqd, id = %config.id, "starting");
     tokio::runtime::Runtime::new()?.block_on(serve(config))
 }
@@ -100,7 +87,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let metrics = http::install_metrics("minimal", &config.id)?;
     let readiness = Readiness::not_ready("starting");
     let state = BaseState::new("minimal", &config.id, readiness.clone(), metrics);
-    let server = HttpServer::bind(&config.http_address).await?;
+    let server = HttpServer::bind(&config.http_address.to_string()).await?;
     println!("http listening on {}", server.local_addr());
     let http_task =
         tokio::spawn(server.run(http::base_router(state), token.clone().cancelled_owned()));

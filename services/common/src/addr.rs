@@ -1,27 +1,32 @@
-//! Parsing and validation of the addresses a service is configured with.
+//! The addresses a service is configured with, as types that validate while they parse.
 //!
-//! Addresses arrive as strings (from flags, environment or file) and are validated once,
-//! right after the configuration is loaded, so that a typo fails at start-up with exit code 2
-//! and a message naming the setting, rather than as a connection error later:
+//! [`HostPort`] (an address to connect to), [`ListenAddr`] (an address to listen on, port 0
+//! allowed) and [`LookupdAddr`] (an nsqlookupd HTTP address) implement `FromStr`, and clap
+//! parses settings of these types with [`crate::setting::Parse`], so that a typo fails at
+//! start-up with exit code 2 and a message naming the flag (or the environment variable, or
+//! the file), rather than as a connection error later:
 //!
 //! ```
-//! use suite_common::addr;
+//! use suite_common::addr::{self, HostPort, LookupdAddr};
 //!
-//! let nsqd = addr::host_port("--nsqd-tcp-address", "127.0.0.1:4150")?;
+//! let nsqd: HostPort = "127.0.0.1:4150".parse()?;
 //! assert_eq!(nsqd.port(), 4150);
 //!
-//! let lookupd = addr::lookupd_url("--lookupd-http-address", "nsqlookupd:4161")?;
-//! assert_eq!(lookupd, "http://nsqlookupd:4161");
+//! let lookupd: LookupdAddr = "nsqlookupd:4161".parse()?;
+//! assert_eq!(lookupd.url(), "http://nsqlookupd:4161");
+//! assert_eq!(lookupd.to_string(), "nsqlookupd:4161", "printed as given");
 //!
 //! let err = addr::host_port("--nsqd-tcp-address", "foo").unwrap_err();
 //! assert_eq!(err.to_string(), "`--nsqd-tcp-address` 'foo' is not host:port (e.g. 127.0.0.1:4150)");
-//! # Ok::<(), addr::AddrError>(())
+//! # Ok::<(), suite_common::setting::Invalid>(())
 //! ```
 //!
 //! Names are not resolved here: a host name is only checked for shape, because the host may
 //! legitimately not exist yet when the service starts (containers starting together).
 
 use std::{fmt, net::Ipv6Addr, str::FromStr};
+
+use crate::setting::Invalid;
 
 /// An address setting that is not valid.
 ///
@@ -36,16 +41,6 @@ pub struct AddrError {
     pub value: String,
     /// What is wrong with it, e.g. `is not host:port (e.g. 127.0.0.1:4150)`.
     pub reason: String,
-}
-
-impl AddrError {
-    fn new(name: &str, value: &str, reason: impl Into<String>) -> Self {
-        Self {
-            name: name.to_owned(),
-            value: value.to_owned(),
-            reason: reason.into(),
-        }
-    }
 }
 
 /// A validated `host:port` pair.
@@ -86,64 +81,136 @@ impl fmt::Display for HostPort {
 
 const NOT_HOST_PORT: &str = "is not host:port (e.g. 127.0.0.1:4150)";
 
-/// Parses a `host:port` address to connect to (port 1-65535).
-///
-/// `name` is the setting's name used in the error, e.g. `--nsqd-tcp-address`.
-pub fn host_port(name: &str, value: &str) -> Result<HostPort, AddrError> {
-    let parsed = parse(name, value)?;
-    if parsed.port == 0 {
-        return Err(AddrError::new(name, value, "has port 0 (must be 1-65535)"));
+impl FromStr for HostPort {
+    type Err = Invalid;
+
+    /// Parses a `host:port` address to connect to (port 1-65535).
+    fn from_str(value: &str) -> Result<Self, Invalid> {
+        let parsed = parse(value).map_err(Invalid::Address)?;
+        if parsed.port == 0 {
+            return Err(Invalid::Address("has port 0 (must be 1-65535)".to_owned()));
+        }
+        Ok(parsed)
     }
-    Ok(parsed)
+}
+
+/// A validated `host:port` to listen on; port 0 means "any free port".
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ListenAddr(HostPort);
+
+impl ListenAddr {
+    /// The address, e.g. for [`crate::http::HttpServer::bind`].
+    pub fn host_port(&self) -> &HostPort {
+        &self.0
+    }
+}
+
+impl FromStr for ListenAddr {
+    type Err = Invalid;
+
+    fn from_str(value: &str) -> Result<Self, Invalid> {
+        parse(value).map(Self).map_err(Invalid::Address)
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A validated nsqlookupd HTTP address, `host:port` or `http://host:port`.
+///
+/// It prints as it was given (so that `--print-config` shows the value of the environment
+/// variable or flag); [`LookupdAddr::url`] is the base URL to query.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LookupdAddr {
+    /// The address as given, trimmed.
+    text: String,
+    /// Host and port.
+    addr: HostPort,
+}
+
+impl LookupdAddr {
+    /// The base URL, `http://host:port` (no trailing slash).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl FromStr for LookupdAddr {
+    type Err = Invalid;
+
+    fn from_str(value: &str) -> Result<Self, Invalid> {
+        let trimmed = value.trim();
+        let rest = match trimmed.split_once("://") {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
+            Some(_) => {
+                return Err(Invalid::Address(
+                    "is not host:port or http://host:port (only http is supported)".to_owned(),
+                ))
+            }
+            None => trimmed,
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains('/') {
+            return Err(Invalid::Address(
+                "is not host:port or http://host:port (no path allowed)".to_owned(),
+            ));
+        }
+        Ok(Self {
+            text: trimmed.to_owned(),
+            addr: rest.parse()?,
+        })
+    }
+}
+
+impl fmt::Display for LookupdAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+crate::setting_type!(HostPort, ListenAddr, LookupdAddr);
+
+/// The base URLs of nsqlookupd addresses (see [`LookupdAddr::url`]).
+pub fn lookupd_urls(addrs: &[LookupdAddr]) -> Vec<String> {
+    addrs.iter().map(LookupdAddr::url).collect()
+}
+
+/// The `host:port` texts of addresses, as the NSQ client takes them.
+pub fn to_strings(addrs: &[HostPort]) -> Vec<String> {
+    addrs.iter().map(ToString::to_string).collect()
+}
+
+/// Parses `value` as `T`, with an error naming the setting `name` (e.g. `--nsqd-tcp-address`).
+fn named<T: FromStr<Err = Invalid>>(name: &str, value: &str) -> Result<T, AddrError> {
+    value.parse().map_err(|e: Invalid| AddrError {
+        name: name.to_owned(),
+        value: value.to_owned(),
+        reason: e.reason().to_owned(),
+    })
+}
+
+/// Parses a `host:port` address to connect to (port 1-65535), naming the setting `name`
+/// (e.g. `--nsqd-tcp-address`) in the error.
+pub fn host_port(name: &str, value: &str) -> Result<HostPort, AddrError> {
+    named(name, value)
 }
 
 /// Parses a `host:port` address to listen on; port 0 means "any free port".
-pub fn listen_address(name: &str, value: &str) -> Result<HostPort, AddrError> {
-    parse(name, value)
+pub fn listen_address(name: &str, value: &str) -> Result<ListenAddr, AddrError> {
+    named(name, value)
 }
 
 /// Parses an nsqlookupd HTTP address, `host:port` or `http://host:port`, into a base URL
 /// `http://host:port` (no trailing slash).
 pub fn lookupd_url(name: &str, value: &str) -> Result<String, AddrError> {
-    let trimmed = value.trim();
-    let rest = match trimmed.split_once("://") {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
-        Some(_) => {
-            return Err(AddrError::new(
-                name,
-                value,
-                "is not host:port or http://host:port (only http is supported)",
-            ))
-        }
-        None => trimmed,
-    };
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
-    if rest.contains('/') {
-        return Err(AddrError::new(
-            name,
-            value,
-            "is not host:port or http://host:port (no path allowed)",
-        ));
-    }
-    let host_port = host_port(name, rest).map_err(|mut e| {
-        e.value = value.to_owned();
-        e
-    })?;
-    Ok(format!("http://{host_port}"))
+    named::<LookupdAddr>(name, value).map(|a| a.url())
 }
 
-/// Parses each of a repeatable setting's values with [`host_port`].
-pub fn host_ports(name: &str, values: &[String]) -> Result<Vec<HostPort>, AddrError> {
-    values.iter().map(|v| host_port(name, v)).collect()
-}
-
-/// Parses each of a repeatable setting's values with [`lookupd_url`].
-pub fn lookupd_urls(name: &str, values: &[String]) -> Result<Vec<String>, AddrError> {
-    values.iter().map(|v| lookupd_url(name, v)).collect()
-}
-
-fn parse(name: &str, value: &str) -> Result<HostPort, AddrError> {
-    let err = |reason: &str| AddrError::new(name, value, reason);
+fn parse(value: &str) -> Result<HostPort, String> {
+    let err = |reason: &str| reason.to_owned();
     let trimmed = value.trim();
     let (host, port) = if let Some(rest) = trimmed.strip_prefix('[') {
         // [IPv6]:port
@@ -242,6 +309,7 @@ mod tests {
         assert_eq!(
             listen_address("--http-address", "127.0.0.1:0")
                 .unwrap()
+                .host_port()
                 .port(),
             0
         );
@@ -285,14 +353,13 @@ mod tests {
     }
 
     #[test]
-    fn lists_stop_at_the_first_bad_value() {
-        let good = vec!["a:1".to_owned(), "b:2".to_owned()];
-        assert_eq!(host_ports("--x", &good).unwrap().len(), 2);
-        let bad = vec!["a:1".to_owned(), "b".to_owned()];
-        assert_eq!(host_ports("--x", &bad).unwrap_err().value, "b");
-        assert_eq!(
-            lookupd_urls("--y", &good).unwrap(),
-            ["http://a:1", "http://b:2"]
-        );
+    fn lookupd_addresses_print_as_given() {
+        let addrs: Vec<LookupdAddr> = ["a:1", " http://b:2/ "]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(addrs[0].to_string(), "a:1");
+        assert_eq!(addrs[1].to_string(), "http://b:2/");
+        assert_eq!(lookupd_urls(&addrs), ["http://a:1", "http://b:2"]);
     }
 }

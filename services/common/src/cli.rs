@@ -1,143 +1,197 @@
-//! The command-line flags every service has.
+//! The command-line flags every service has, and the groups of settings services share.
 //!
-//! [`CommonArgs`] is flattened into each service's clap parser. Apart from `--config` and
-//! `--print-config`, its flags are **overrides** of configuration keys that the service's
-//! config struct has too (`log_format`, `log_level`, `http_address`), so that they can also
-//! come from the environment or the file: a flag that is not given is `None` and leaves the
-//! lower layers alone.
+//! * [`CommonArgs`]: `--config` and `--print-config` (not settings: they say where the
+//!   settings come from and what to do with them), flattened into each service's parser;
+//! * [`LogArgs`]: `--log-format` and `--log-level`, flattened into each service's settings;
+//! * [`ConsumerArgs`]: the settings of an NSQ consumer (nsqd and nsqlookupd addresses,
+//!   lookupd poll interval, max-in-flight, output buffer), flattened into the settings of
+//!   every service that consumes (worker, logger). A new consumer setting is one field there.
+//!
+//! A service's settings are one `clap::Args` struct (see [`crate::config`]); its parser
+//! implements [`ServiceCli`], which layers flags, environment, file and defaults:
 //!
 //! ```
 //! use clap::Parser;
-//! use serde::{Deserialize, Serialize};
-//! use suite_common::{cli::CommonArgs, telemetry::LogFormat};
+//! use suite_common::{
+//!     addr::ListenAddr,
+//!     cli::{CommonArgs, ConsumerArgs, LogArgs, ServiceCli},
+//! };
 //!
 //! #[derive(Parser)]
 //! struct Cli {
 //!     #[command(flatten)]
 //!     common: CommonArgs,
 //!     #[command(flatten)]
-//!     flags: Flags,
+//!     config: Config,
 //! }
 //!
-//! /// The service's own flags: every field an `Option` (or a list), named like its config key.
-//! #[derive(clap::Args, Serialize)]
-//! struct Flags {
-//!     /// nsqd TCP address (repeatable)
-//!     #[arg(long = "nsqd-tcp-address", value_name = "HOST:PORT")]
-//!     nsqd_tcp_address: Vec<String>,
-//! }
-//!
-//! #[derive(Serialize, Deserialize)]
-//! #[serde(deny_unknown_fields)]
+//! /// The service's settings: each declared once, with its type, help and default.
+//! #[derive(clap::Args, serde::Serialize)]
 //! struct Config {
-//!     nsqd_tcp_address: Vec<String>,
-//!     log_format: LogFormat,
-//!     log_level: String,
-//!     http_address: String,
+//!     #[command(flatten)]
+//!     #[serde(flatten)]
+//!     consumer: ConsumerArgs<200>,
+//!     /// Address of the HTTP port
+//!     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:4191")]
+//!     http_address: ListenAddr,
+//!     #[command(flatten)]
+//!     #[serde(flatten)]
+//!     log: LogArgs,
 //! }
-//! impl Default for Config {
-//!     fn default() -> Self {
-//!         Self {
-//!             nsqd_tcp_address: vec!["127.0.0.1:4150".into()],
-//!             log_format: LogFormat::Text,
-//!             log_level: "info".into(),
-//!             http_address: "127.0.0.1:4190".into(),
-//!         }
+//!
+//! impl ServiceCli for Cli {
+//!     const ENV_PREFIX: &'static str = "WORKER";
+//!     fn common(&self) -> &CommonArgs {
+//!         &self.common
 //!     }
 //! }
 //!
-//! let cli = Cli::parse_from(["worker", "--log-level", "debug", "--nsqd-tcp-address", "a:1"]);
 //! let env = std::collections::HashMap::new();
-//! let config: Config = cli
-//!     .common
-//!     .sources("WORKER", &["nsqd_tcp_address"])
-//!     .env(&env)
-//!     .load(&cli.common.with(&cli.flags))?;
-//! assert_eq!(config.log_level, "debug");
-//! assert_eq!(config.nsqd_tcp_address, ["a:1"]);
-//! # Ok::<(), suite_common::config::ConfigError>(())
+//! let cli = Cli::try_parse_with_env(["worker", "--log-level", "debug", "--nsqd-tcp-address", "a:1"], &env)?;
+//! assert_eq!(cli.config.log.log_level, "debug");
+//! assert_eq!(cli.config.consumer.nsqd_addresses(), ["a:1"]);
+//! assert_eq!(cli.config.consumer.max_in_flight, 200);
+//! # Ok::<(), suite_common::config::LoadError>(())
 //! ```
 
-use std::path::PathBuf;
+use std::{collections::HashMap, ffi::OsString, path::PathBuf};
 
-use serde::{de::DeserializeOwned, Serialize};
+use serde::Serialize;
 
 use crate::{
-    config::{ConfigError, Sources},
+    addr::{HostPort, LookupdAddr},
+    config::{ConfigError, LoadError, Sources, NOT_SETTINGS},
+    setting::{at_least_one, HumanDuration, Invalid, Parse},
     telemetry::LogFormat,
 };
 
-/// Flags shared by every service; flatten into the service's parser with
+/// Flags every service has that are not settings; flatten into the service's parser with
 /// `#[command(flatten)]`.
-///
-/// Serializes as the overrides of `log_format`, `log_level` and `http_address` (the other
-/// two fields are not configuration keys).
-#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
 pub struct CommonArgs {
     /// TOML configuration file (overridden by environment variables, themselves overridden
     /// by flags)
     #[arg(long, value_name = "PATH", global = true)]
-    #[serde(skip)]
     pub config: Option<PathBuf>,
 
     /// Print the effective configuration as TOML and exit
     #[arg(long)]
-    #[serde(skip)]
     pub print_config: bool,
-
-    /// Log format [default: text]
-    #[arg(long, value_enum, value_name = "FORMAT", global = true)]
-    pub log_format: Option<LogFormat>,
-
-    /// Log level or filter, e.g. info or info,nsq=debug (RUST_LOG overrides it) [default: info]
-    #[arg(long, value_name = "LEVEL", global = true)]
-    pub log_level: Option<String>,
-
-    /// Address of the HTTP port (/health, /ready, /metrics)
-    #[arg(long, value_name = "HOST:PORT", global = true)]
-    pub http_address: Option<String>,
 }
 
-impl CommonArgs {
-    /// The configuration sources these flags point at: `--config` as the file, the process
-    /// environment with `env_prefix`, and `list_keys` as comma-separated environment lists.
-    pub fn sources<'a>(&'a self, env_prefix: &'a str, list_keys: &'a [&'a str]) -> Sources<'a> {
-        Sources::new(env_prefix)
-            .file(self.config.as_deref())
-            .list_keys(list_keys)
+/// The logging settings every service has; flatten into its settings with
+/// `#[command(flatten)]` and `#[serde(flatten)]`.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args, Serialize)]
+pub struct LogArgs {
+    /// Log format
+    #[arg(long, value_enum, value_name = "FORMAT", global = true, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log level or filter, e.g. info or info,nsq=debug (RUST_LOG overrides it)
+    #[arg(long, value_name = "LEVEL", global = true, default_value = "info")]
+    pub log_level: String,
+}
+
+/// The settings of an NSQ consumer, shared by the services that consume (worker, logger):
+/// flatten into their settings with `#[command(flatten)]` and `#[serde(flatten)]`.
+///
+/// `MAX_IN_FLIGHT` is the service's default `--max-in-flight`.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args, Serialize)]
+pub struct ConsumerArgs<const MAX_IN_FLIGHT: u32> {
+    /// nsqlookupd HTTP address (host:port or http://host:port) to discover nsqd; repeatable
+    #[arg(long, value_name = "ADDR")]
+    pub lookupd_http_address: Vec<LookupdAddr>,
+
+    /// nsqd TCP address to consume from directly; repeatable
+    #[arg(long, value_name = "HOST:PORT")]
+    pub nsqd_tcp_address: Vec<HostPort>,
+
+    /// How often nsqlookupd is asked for new nsqd
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value_t = HumanDuration::from_secs(5),
+        value_parser = Parse(HumanDuration::nonzero)
+    )]
+    pub lookupd_poll_interval: HumanDuration,
+
+    /// Most messages handled at once, over all nsqd
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = MAX_IN_FLIGHT,
+        value_parser = Parse(at_least_one::<u32>)
+    )]
+    pub max_in_flight: u32,
+
+    /// nsqd's output buffer for this consumer, in bytes: 0 keeps nsqd's default (16 KiB,
+    /// flushed at least every 250 ms: best throughput, but a lone message can wait up to
+    /// 250 ms); 64 makes nsqd write every message at once (lowest latency, more syscalls in
+    /// nsqd); -1 disables the buffer
+    #[arg(
+        long,
+        value_name = "BYTES",
+        allow_hyphen_values = true,
+        default_value_t = 0,
+        value_parser = Parse(output_buffer_size)
+    )]
+    pub output_buffer_size: i64,
+}
+
+/// Parses `--output-buffer-size`: 0, -1 or 64 to 65536.
+fn output_buffer_size(text: &str) -> Result<i64, Invalid> {
+    let size: i64 = text
+        .trim()
+        .parse()
+        .map_err(|e| Invalid::Value(format!("'{text}' is not a whole number ({e})")))?;
+    if !matches!(size, -1 | 0 | 64..=65_536) {
+        return Err(Invalid::Value(
+            "must be 0 (nsqd's default), -1 (no buffer) or 64 to 65536 bytes".to_owned(),
+        ));
+    }
+    Ok(size)
+}
+
+impl<const MAX_IN_FLIGHT: u32> ConsumerArgs<MAX_IN_FLIGHT> {
+    /// The nsqlookupd base URLs (`http://host:port`).
+    pub fn lookupd_urls(&self) -> Vec<String> {
+        crate::addr::lookupd_urls(&self.lookupd_http_address)
     }
 
-    /// The overrides of both these flags and the service's own `flags`, as one layer.
-    pub fn with<'a, F: Serialize>(&'a self, flags: &'a F) -> impl Serialize + 'a {
-        Overrides {
-            common: self,
-            own: flags,
+    /// The nsqd addresses (`host:port`).
+    pub fn nsqd_addresses(&self) -> Vec<String> {
+        crate::addr::to_strings(&self.nsqd_tcp_address)
+    }
+
+    /// The output buffer to ask nsqd for: `None` keeps nsqd's default.
+    pub fn output_buffer_size(&self) -> Option<i64> {
+        (self.output_buffer_size != 0).then_some(self.output_buffer_size)
+    }
+
+    /// Checks that there is something to consume from: at least one nsqlookupd or nsqd.
+    /// `service` names the service in the message, `env_prefix` its variables.
+    pub fn require_source(&self, service: &str, env_prefix: &str) -> Result<(), ConfigError> {
+        if self.lookupd_http_address.is_empty() && self.nsqd_tcp_address.is_empty() {
+            return Err(ConfigError::value(
+                "--lookupd-http-address / --nsqd-tcp-address",
+                format!(
+                    "none given: the {service} needs at least one nsqlookupd or nsqd to consume \
+                     from (or {env_prefix}_LOOKUPD_HTTP_ADDRESS / {env_prefix}_NSQD_TCP_ADDRESS)"
+                ),
+            ));
         }
-    }
-
-    /// Loads the service's configuration from its own flags, these flags, the process
-    /// environment, the `--config` file and the defaults (see [`crate::config`]).
-    pub fn load_config<T, F>(
-        &self,
-        env_prefix: &str,
-        list_keys: &[&str],
-        flags: &F,
-    ) -> Result<T, ConfigError>
-    where
-        T: Serialize + DeserializeOwned + Default,
-        F: Serialize,
-    {
-        self.sources(env_prefix, list_keys).load(&self.with(flags))
+        Ok(())
     }
 }
 
-/// Adds `[env: <PREFIX>_<KEY>]` to the help of every long flag that is a configuration key,
-/// so that `--help` names the environment variable of each setting.
+/// Adds `[default: …]` (from the argument's default) and `[env: <PREFIX>_<KEY>]` to the help of
+/// every long flag that is a setting, so that `--help` names the default and the environment
+/// variable of each setting.
 ///
 /// The environment is read by [`crate::config`], not by clap (clap's own `env` would also
 /// read it, but without the list splitting and the strict unknown-variable check), so the
 /// variable is only written into the help text. `--config`, `--print-config`, `--help` and
-/// `--version` are not configuration keys and are left alone.
+/// `--version` are not settings and are left alone.
 ///
 /// ```
 /// use clap::CommandFactory as _;
@@ -155,7 +209,7 @@ impl CommonArgs {
 ///     .render_help()
 ///     .to_string();
 /// assert!(help.contains("Topic to consume [env: WORKER_TOPIC]"));
-/// assert!(help.contains("[env: WORKER_LOG_LEVEL]"));
+/// assert!(!help.contains("WORKER_CONFIG"));
 /// ```
 pub fn with_env_help(command: clap::Command, env_prefix: &str) -> clap::Command {
     let prefix = env_prefix.trim_end_matches('_').to_ascii_uppercase();
@@ -163,24 +217,26 @@ pub fn with_env_help(command: clap::Command, env_prefix: &str) -> clap::Command 
         let Some(long) = arg.get_long() else {
             return arg;
         };
-        if matches!(long, "config" | "print-config" | "help" | "version") {
+        if NOT_SETTINGS.contains(&long) {
             return arg;
         }
         let var = format!("{prefix}_{}", long.replace('-', "_").to_ascii_uppercase());
         let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
-        arg.help(format!("{help} [env: {var}]"))
+        // The default is written here rather than by clap (which would put it in a paragraph
+        // of its own in the long help), still from the argument's real default.
+        let defaults: Vec<String> = arg
+            .get_default_values()
+            .iter()
+            .map(|v| v.to_string_lossy().into_owned())
+            .collect();
+        if defaults.is_empty() || arg.is_hide_default_value_set() {
+            arg.help(format!("{help} [env: {var}]"))
+        } else {
+            let defaults = defaults.join(", ");
+            arg.help(format!("{help} [default: {defaults}] [env: {var}]"))
+                .hide_default_value(true)
+        }
     })
-}
-
-/// The common flags and a service's own, serialized as one map.
-#[derive(Serialize)]
-struct Overrides<'a, F> {
-    /// The common flags.
-    #[serde(flatten)]
-    common: &'a CommonArgs,
-    /// The service's own flags.
-    #[serde(flatten)]
-    own: &'a F,
 }
 
 /// Subcommands every service binary has; flatten into the service's subcommand enum with
@@ -192,68 +248,42 @@ pub enum CommonCommand {
     Healthcheck,
 }
 
-/// A service's command line: its constants and two accessors; parsing and loading are written
-/// once here. Implement it for the service's clap parser (which flattens [`CommonArgs`] and
-/// its own flags) and bring the trait into scope where `Cli::parse_args()` is called.
+/// A service's command line: parsing and layering are written once here. Implement it for
+/// the service's clap parser (which flattens [`CommonArgs`] and the service's settings) and
+/// bring the trait into scope where `Cli::parse_args()` is called.
 pub trait ServiceCli: clap::CommandFactory + clap::FromArgMatches + Sized {
     /// Prefix of the service's environment variables, e.g. `WORKER`.
     const ENV_PREFIX: &'static str;
-    /// Keys whose environment value is a comma-separated list.
-    const LIST_KEYS: &'static [&'static str];
-    /// The default `--http-address`, shown in `--help`.
-    const DEFAULT_HTTP_ADDRESS: &'static str;
-    /// The service's configuration.
-    type Config: Serialize + DeserializeOwned + Default;
-    /// The service's own flags (each an override of the config key of the same name).
-    type Flags: Serialize;
 
     /// The flags every service has.
     fn common(&self) -> &CommonArgs;
-    /// The service's own flags.
-    fn flags(&self) -> &Self::Flags;
 
-    /// The clap command, with each flag's environment variable added to its help.
+    /// The clap command, with each setting's environment variable added to its help.
     fn command_with_env() -> clap::Command {
-        let command = Self::command().mut_arg("http_address", |arg| {
-            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
-            arg.help(format!("{help} [default: {}]", Self::DEFAULT_HTTP_ADDRESS))
-        });
-        with_env_help(command, Self::ENV_PREFIX)
+        with_env_help(Self::command(), Self::ENV_PREFIX)
     }
 
-    /// Parses the process arguments; exits with code 2 (clap's usage error) when they are bad,
-    /// and 0 after `--help` or `--version`.
-    fn parse_args() -> Self {
-        let matches = Self::command_with_env().get_matches();
-        Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    /// Parses the process arguments, environment and `--config` file. Exits with code 2
+    /// (clap's usage error) when the command line is bad, and 0 after `--help` or
+    /// `--version`; a bad environment or file is an `Err` (a usage error too).
+    fn parse_args() -> Result<Self, ConfigError> {
+        match Sources::new(Self::ENV_PREFIX).parse(Self::command_with_env(), std::env::args_os()) {
+            Ok(cli) => Ok(cli),
+            Err(LoadError::Usage(e)) => e.exit(),
+            Err(LoadError::Config(e)) => Err(e),
+        }
     }
 
-    /// Parses the given arguments (the first is the program name).
-    fn try_parse_args<I, T>(args: I) -> Result<Self, clap::Error>
+    /// Parses the given arguments (the first is the program name) with `env` in place of the
+    /// process environment.
+    fn try_parse_with_env<I, T>(args: I, env: &HashMap<String, String>) -> Result<Self, LoadError>
     where
         I: IntoIterator<Item = T>,
-        T: Into<std::ffi::OsString> + Clone,
+        T: Into<OsString>,
     {
-        let matches = Self::command_with_env().try_get_matches_from(args)?;
-        Self::from_arg_matches(&matches)
-    }
-
-    /// Loads the configuration from the flags, the process environment, the `--config` file
-    /// and the defaults.
-    fn load_config(&self) -> Result<Self::Config, ConfigError> {
-        self.common()
-            .load_config(Self::ENV_PREFIX, Self::LIST_KEYS, self.flags())
-    }
-
-    /// Same as [`ServiceCli::load_config`] with `env` in place of the process environment.
-    fn load_config_with_env(
-        &self,
-        env: &std::collections::HashMap<String, String>,
-    ) -> Result<Self::Config, ConfigError> {
-        self.common()
-            .sources(Self::ENV_PREFIX, Self::LIST_KEYS)
+        Sources::new(Self::ENV_PREFIX)
             .env(env)
-            .load(&self.common().with(self.flags()))
+            .parse(Self::command_with_env(), args)
     }
 }
 
@@ -267,70 +297,106 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         common: CommonArgs,
+        #[command(flatten)]
+        log: LogArgs,
+        #[command(flatten)]
+        consumer: ConsumerArgs<7>,
         #[command(subcommand)]
         command: Option<CommonCommand>,
     }
 
+    impl ServiceCli for Cli {
+        const ENV_PREFIX: &'static str = "SVC";
+        fn common(&self) -> &CommonArgs {
+            &self.common
+        }
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, LoadError> {
+        let mut all = vec!["svc"];
+        all.extend_from_slice(args);
+        Cli::try_parse_with_env(all, &HashMap::new())
+    }
+
     #[test]
     fn flags_parse() {
-        let cli = Cli::parse_from([
-            "svc",
+        let cli = parse(&[
             "--config",
-            "/etc/svc.toml",
+            "/dev/null",
             "--print-config",
             "--log-format",
             "json",
             "--log-level",
             "debug",
-            "--http-address",
-            "0.0.0.0:4190",
-        ]);
-        assert_eq!(cli.common.config, Some(PathBuf::from("/etc/svc.toml")));
+        ])
+        .unwrap();
+        assert_eq!(cli.common.config, Some(PathBuf::from("/dev/null")));
         assert!(cli.common.print_config);
-        assert_eq!(cli.common.log_format, Some(LogFormat::Json));
-        assert_eq!(cli.common.log_level.as_deref(), Some("debug"));
-        assert_eq!(cli.common.http_address.as_deref(), Some("0.0.0.0:4190"));
+        assert_eq!(cli.log.log_format, LogFormat::Json);
+        assert_eq!(cli.log.log_level, "debug");
         assert_eq!(cli.command, None);
     }
 
     #[test]
     fn healthcheck_subcommand_accepts_common_flags() {
-        let cli = Cli::parse_from(["svc", "healthcheck", "--config", "/etc/svc.toml"]);
+        let cli = parse(&["healthcheck", "--config", "/dev/null", "--log-level=warn"]).unwrap();
         assert_eq!(cli.command, Some(CommonCommand::Healthcheck));
-        assert_eq!(cli.common.config, Some(PathBuf::from("/etc/svc.toml")));
+        assert_eq!(cli.common.config, Some(PathBuf::from("/dev/null")));
+        assert_eq!(cli.log.log_level, "warn");
     }
 
     #[test]
     fn bad_log_format_is_a_clap_error() {
-        let err = Cli::try_parse_from(["svc", "--log-format", "xml"])
-            .err()
-            .unwrap();
+        let Err(LoadError::Usage(err)) = parse(&["--log-format", "xml"]) else {
+            panic!("accepted")
+        };
         assert_eq!(err.exit_code(), 2);
     }
 
     #[test]
-    fn only_config_keys_are_serialized() {
-        let args = CommonArgs {
-            config: Some(PathBuf::from("x")),
-            print_config: true,
-            log_level: Some("warn".to_owned()),
-            ..CommonArgs::default()
-        };
-        let value = serde_json::to_value(&args).unwrap();
-        assert_eq!(
-            value,
-            serde_json::json!({"log_format": null, "log_level": "warn", "http_address": null})
-        );
+    fn consumer_settings() {
+        let cli = parse(&[]).unwrap();
+        assert_eq!(cli.consumer.max_in_flight, 7, "the service's default");
+        assert_eq!(cli.consumer.output_buffer_size(), None);
+        let err = cli.consumer.require_source("svc", "SVC").unwrap_err();
+        assert!(err.to_string().contains("SVC_NSQD_TCP_ADDRESS"), "{err}");
 
-        #[derive(Serialize)]
-        struct Own {
-            topic: Option<String>,
+        let cli = parse(&[
+            "--lookupd-http-address=l:4161",
+            "--output-buffer-size",
+            "-1",
+            "--lookupd-poll-interval=250ms",
+        ])
+        .unwrap();
+        assert_eq!(cli.consumer.lookupd_urls(), ["http://l:4161"]);
+        assert_eq!(cli.consumer.output_buffer_size(), Some(-1));
+        assert_eq!(
+            cli.consumer.lookupd_poll_interval.get(),
+            std::time::Duration::from_millis(250)
+        );
+        assert!(cli.consumer.require_source("svc", "SVC").is_ok());
+
+        for bad in [
+            ["--max-in-flight", "0"],
+            ["--output-buffer-size", "10"],
+            ["--lookupd-poll-interval", "0s"],
+        ] {
+            let Err(LoadError::Usage(err)) = parse(&bad) else {
+                panic!("{bad:?} accepted")
+            };
+            assert!(
+                err.to_string().contains(&format!("invalid `{}`", bad[0])),
+                "{err}"
+            );
         }
-        let own = Own {
-            topic: Some("t".to_owned()),
-        };
-        let value = serde_json::to_value(args.with(&own)).unwrap();
-        assert_eq!(value["topic"], "t");
-        assert_eq!(value["log_level"], "warn");
+    }
+
+    #[test]
+    fn help_names_the_variables_of_settings_only() {
+        let help = Cli::command_with_env().render_help().to_string();
+        assert!(help.contains("[env: SVC_MAX_IN_FLIGHT]"), "{help}");
+        assert!(help.contains("[default: 7]"), "{help}");
+        assert!(!help.contains("SVC_CONFIG"), "{help}");
+        assert!(!help.contains("SVC_PRINT_CONFIG"), "{help}");
     }
 }

@@ -2,19 +2,21 @@
 //!
 //! This crate knows how a service *runs*: its flags and configuration, its logs, its HTTP
 //! port, its shutdown, its exit code. It knows nothing of what a service *does*: no message
-//! type, no topic, no NSQ (those live in the `messages` and `nsq` crates and in the services
-//! themselves). Keeping it that way keeps it from becoming the shared library every service
-//! has to upgrade in lockstep.
+//! type, no topic it uses, no NSQ protocol (those live in the `messages` and `nsq` crates and
+//! in the services themselves); of NSQ it knows only the shape of the settings (topic and
+//! channel names, addresses, the consumer's settings). Keeping it that way keeps it from
+//! becoming the shared library every service has to upgrade in lockstep.
 //!
 //! # Modules, in the order a `main` uses them
 //!
-//! * [`cli`]: [`CommonArgs`](cli::CommonArgs), the flags every service has (`--config`,
-//!   `--print-config`, `--log-format`, `--log-level`, `--http-address`), and the
-//!   `healthcheck` subcommand.
-//! * [`config`]: loads the service's config struct from flags > environment > TOML file >
-//!   defaults, rejecting unknown environment variables and file keys; prints it with secrets
-//!   redacted.
-//! * [`addr`]: validates `host:port` and nsqlookupd addresses, with errors naming the flag.
+//! * [`cli`]: [`CommonArgs`](cli::CommonArgs) (`--config`, `--print-config`), the shared
+//!   groups of settings [`LogArgs`](cli::LogArgs) and [`ConsumerArgs`](cli::ConsumerArgs),
+//!   the `healthcheck` subcommand, and [`ServiceCli`](cli::ServiceCli), which parses.
+//! * [`config`]: fills the service's settings struct from flags > environment > TOML file >
+//!   defaults, rejecting unknown environment variables and file keys; prints the settings
+//!   with secrets redacted.
+//! * [`setting`] and [`addr`]: the types of settings (durations, topic and channel names,
+//!   `host:port` and nsqlookupd addresses), which validate while they parse.
 //! * [`telemetry`]: installs the `tracing` subscriber (text or JSON, `RUST_LOG` wins).
 //! * [`http`]: binds the HTTP port, serves `/health`, `/ready` (from a
 //!   [`Readiness`](http::Readiness) handle) and `/metrics` (Prometheus) plus the service's
@@ -44,6 +46,7 @@ pub mod exit;
 pub mod healthcheck;
 pub mod http;
 pub mod log_limit;
+pub mod setting;
 pub mod shutdown;
 pub mod telemetry;
 

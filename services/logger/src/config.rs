@@ -1,27 +1,26 @@
-//! The logger's command line and configuration.
+//! The logger's command line and settings.
 //!
-//! Every setting is a key of [`Config`]; it comes from a flag, else the environment variable
-//! `LOGGER_<KEY>` (upper case; lists comma-separated), else the `--config` TOML file, else
-//! [`Config::default`]. [`Config::validate`] turns the loaded strings into [`Settings`], or a
-//! usage error that names the flag (exit code 2).
+//! Every setting is a field of [`Config`], declared once with its type, help and default; it
+//! comes from a flag, else the environment variable `LOGGER_<KEY>` (upper case; lists
+//! comma-separated), else the `--config` TOML file, else its default. A bad value is a usage
+//! error that names the flag (exit code 2); [`Config::check`] adds the rules that involve
+//! several settings.
 
-use std::{path::PathBuf, time::Duration};
+use std::path::PathBuf;
 
-use clap::Parser;
-use serde::{Deserialize, Serialize};
+use clap::{builder::BoolishValueParser, ArgAction, Parser};
+use serde::Serialize;
 use suite_common::{
-    cli::{CommonArgs, CommonCommand, ServiceCli},
-    config::{duration, ConfigError},
-    telemetry::LogFormat,
+    addr::{HostPort, ListenAddr},
+    cli::{CommonArgs, CommonCommand, ConsumerArgs, LogArgs, ServiceCli},
+    config::ConfigError,
+    setting::{at_least_one, non_empty, Channel, HumanDuration, Invalid, Parse, Topic},
 };
 
 use crate::{gaps::GapSettings, seen::SeenLimits};
 
 /// Prefix of the logger's environment variables (`LOGGER_OUTPUT`, ...).
 pub const ENV_PREFIX: &str = "LOGGER";
-
-/// Keys whose environment value is a comma-separated list.
-pub const LIST_KEYS: &[&str] = &["lookupd_http_address", "nsqd_tcp_address"];
 
 /// Default `--http-address`.
 pub const DEFAULT_HTTP_ADDRESS: &str = "127.0.0.1:4192";
@@ -53,427 +52,254 @@ the missing and lost ranges.";
     name = "logger",
     version,
     about = "Consumes WorkResults from NSQ and appends each one once, as a JSON line",
-    after_help = AFTER_HELP
+    after_help = AFTER_HELP,
+    mut_arg("max_in_flight", |arg| arg.help(
+        "Most messages in flight, over all nsqd; also the largest write batch"
+    ))
 )]
 pub struct Cli {
     /// Flags every service has.
     #[command(flatten)]
     pub common: CommonArgs,
-    /// The logger's own flags.
+    /// The logger's settings.
     #[command(flatten)]
-    pub flags: Flags,
+    pub config: Config,
     /// `healthcheck`, or nothing to run the logger.
     #[command(subcommand)]
     pub command: Option<CommonCommand>,
 }
 
-/// The logger's own flags: each overrides the configuration key of the same name.
-#[derive(Debug, Default, Clone, clap::Args, Serialize)]
-pub struct Flags {
-    /// Topic to consume [default: results]
-    #[arg(long, value_name = "TOPIC")]
-    pub topic: Option<String>,
+/// The logger's settings, as parsed and as printed by `--print-config`.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args, Serialize)]
+pub struct Config {
+    /// Topic to consume
+    #[arg(long, value_name = "TOPIC", default_value = messages::RESULTS_TOPIC)]
+    pub topic: Topic,
 
-    /// Channel to consume on [default: logger]
-    #[arg(long, value_name = "CHANNEL")]
-    pub channel: Option<String>,
+    /// Channel to consume on
+    #[arg(long, value_name = "CHANNEL", default_value = "logger")]
+    pub channel: Channel,
 
-    /// nsqlookupd HTTP address (host:port or http://host:port) to discover nsqd; repeatable
-    #[arg(long, value_name = "ADDR")]
-    pub lookupd_http_address: Vec<String>,
+    /// Where and how to consume.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub consumer: ConsumerArgs<1000>,
 
-    /// nsqd TCP address to consume from directly; repeatable
-    #[arg(long, value_name = "HOST:PORT")]
-    pub nsqd_tcp_address: Vec<String>,
-
-    /// How often nsqlookupd is asked for new nsqd [default: 5s]
-    #[arg(long, value_name = "DURATION")]
-    pub lookupd_poll_interval: Option<String>,
-
-    /// Most messages in flight, over all nsqd; also the largest write batch [default: 1000]
-    #[arg(long, value_name = "N")]
-    pub max_in_flight: Option<u32>,
-
-    /// nsqd's output buffer for this consumer, in bytes: 0 keeps nsqd's default (16 KiB,
-    /// flushed at least every 250 ms: best throughput, but a lone message can wait up to
-    /// 250 ms); 64 makes nsqd write every message at once (lowest latency, more syscalls in
-    /// nsqd); -1 disables the buffer [default: 0]
-    #[arg(long, value_name = "BYTES", allow_hyphen_values = true)]
-    pub output_buffer_size: Option<i64>,
-
-    /// File the JSON lines are appended to [default: stdout]
-    #[arg(long, value_name = "PATH")]
+    /// File the JSON lines are appended to (unset: stdout)
+    #[arg(long, value_name = "PATH", value_parser = Parse(output_path))]
     pub output: Option<PathBuf>,
 
-    /// fsync the output after each batch, not only flush it [default: false]
+    /// fsync the output after each batch, not only flush it
     #[arg(
         long,
         value_name = "BOOL",
         num_args = 0..=1,
         require_equals = true,
-        default_missing_value = "true"
+        default_missing_value = "true",
+        default_value_t = false,
+        action = ArgAction::Set,
+        value_parser = BoolishValueParser::new()
     )]
-    pub fsync: Option<bool>,
+    pub fsync: bool,
 
-    /// How often the per-worker summary is logged [default: 5s]
-    #[arg(long, value_name = "DURATION")]
-    pub summary_interval: Option<String>,
+    /// How often the per-worker summary is logged
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value_t = HumanDuration::from_secs(5),
+        value_parser = Parse(HumanDuration::nonzero)
+    )]
+    pub summary_interval: HumanDuration,
 
-    /// Name of this logger in the metrics and in nsqadmin [default: the host name]
-    #[arg(long, value_name = "ID")]
-    pub logger_id: Option<String>,
+    /// Name of this logger in the metrics and in nsqadmin (the short host name)
+    #[arg(long, value_name = "ID", default_value_t = default_logger_id(), value_parser = Parse(non_empty))]
+    pub logger_id: String,
 
-    /// Detect missing readings and ask the sensors to replay them [default: true]
+    /// Detect missing readings and ask the sensors to replay them
     #[arg(
         long,
         value_name = "BOOL",
         num_args = 0..=1,
         require_equals = true,
-        default_missing_value = "true"
+        default_missing_value = "true",
+        default_value_t = true,
+        action = ArgAction::Set,
+        value_parser = BoolishValueParser::new()
     )]
-    pub detect_gaps: Option<bool>,
+    pub detect_gaps: bool,
 
-    /// How long a seq may be missing before it is asked for again [default: 3s]
-    #[arg(long, value_name = "DURATION")]
-    pub gap_grace: Option<String>,
+    /// How long a seq may be missing before it is asked for again
+    #[arg(long, value_name = "DURATION", default_value_t = HumanDuration::from_secs(3))]
+    pub gap_grace: HumanDuration,
 
-    /// Topic of the sensors' SensorStatus announcements, consumed on --channel [default:
-    /// sensor_status]
-    #[arg(long, value_name = "TOPIC")]
-    pub status_topic: Option<String>,
+    /// Topic of the sensors' SensorStatus announcements, consumed on --channel
+    #[arg(long, value_name = "TOPIC", default_value = messages::STATUS_TOPIC)]
+    pub status_topic: Topic,
 
-    /// Topic the ReplayRequests are published to [default: sensor_replay]
-    #[arg(long, value_name = "TOPIC")]
-    pub replay_topic: Option<String>,
+    /// Topic the ReplayRequests are published to
+    #[arg(long, value_name = "TOPIC", default_value = messages::REPLAY_TOPIC)]
+    pub replay_topic: Topic,
 
-    /// Topic of the sensors' ReplayUnavailable answers, consumed on --channel [default:
-    /// sensor_replay_unavailable]
-    #[arg(long, value_name = "TOPIC")]
-    pub replay_unavailable_topic: Option<String>,
+    /// Topic of the sensors' ReplayUnavailable answers, consumed on --channel
+    #[arg(long, value_name = "TOPIC", default_value = messages::REPLAY_UNAVAILABLE_TOPIC)]
+    pub replay_unavailable_topic: Topic,
 
-    /// nsqd TCP address the ReplayRequests are published to [default: the first
-    /// --nsqd-tcp-address, else 127.0.0.1:4150]
+    /// nsqd TCP address the ReplayRequests are published to (unset: the first
+    /// --nsqd-tcp-address, else 127.0.0.1:4150)
     #[arg(long, value_name = "HOST:PORT")]
-    pub replay_nsqd_tcp_address: Option<String>,
+    pub replay_nsqd_tcp_address: Option<HostPort>,
 
-    /// Replay requests for one gap before it is reported lost [default: 5]
-    #[arg(long, value_name = "N")]
-    pub replay_max_attempts: Option<u32>,
+    /// Replay requests for one gap before it is reported lost
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = Parse(replay_max_attempts))]
+    pub replay_max_attempts: u32,
 
     /// Pause after a replay request before asking again; doubles per request, up to 16
-    /// times this [default: 2s]
-    #[arg(long, value_name = "DURATION")]
-    pub replay_backoff: Option<String>,
+    /// times this
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value_t = HumanDuration::from_secs(2),
+        value_parser = Parse(HumanDuration::nonzero)
+    )]
+    pub replay_backoff: HumanDuration,
 
-    /// File the ranges reported lost are appended to [default: beside --output, named after
-    /// it: results.jsonl -> results.lost.jsonl; none with stdout]
-    #[arg(long, value_name = "PATH")]
+    /// Most sensor epochs tracked for de-duplication and for gaps; past it the epochs with
+    /// the fewest readings, then the least recently active, are forgotten (a WARN, and
+    /// nsq_suite_dedup_epochs_forgotten_total / nsq_suite_sensor_epochs_dropped_total)
+    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = Parse(at_least_one::<usize>))]
+    pub max_sensor_epochs: usize,
+
+    /// Most seq ranges (runs of consecutive seqs) held for de-duplication over all epochs;
+    /// past it the epoch with the most ranges is forgotten
+    #[arg(long, value_name = "N", default_value_t = 200_000, value_parser = Parse(at_least_one::<usize>))]
+    pub max_seq_ranges: usize,
+
+    /// How many seqs beyond those written (or lost) without a hole a gap may reach: longer
+    /// than any sensor history; a forged seq further out opens no gap
+    #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = Parse(at_least_one::<u64>))]
+    pub replay_window: u64,
+
+    /// File the ranges reported lost are appended to (unset: beside --output, named after
+    /// it: results.jsonl -> results.lost.jsonl; none with stdout)
+    #[arg(long, value_name = "PATH", value_parser = Parse(lost_output_path))]
     pub lost_output: Option<PathBuf>,
 
     /// Fault injection (tests): wait this long between writing a batch and finishing its
-    /// messages, so that a crash lands between the two [default: 0s]
-    #[arg(long, value_name = "DURATION")]
-    pub fin_delay: Option<String>,
-}
+    /// messages, so that a crash lands between the two
+    #[arg(long, value_name = "DURATION", default_value_t = HumanDuration::from_secs(0))]
+    pub fin_delay: HumanDuration,
 
-/// The logger's configuration, as loaded and as printed by `--print-config`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    /// Topic consumed.
-    pub topic: String,
-    /// Channel consumed on.
-    pub channel: String,
-    /// nsqlookupd HTTP addresses used to discover nsqd.
-    pub lookupd_http_address: Vec<String>,
-    /// nsqd TCP addresses consumed from directly.
-    pub nsqd_tcp_address: Vec<String>,
-    /// Period of the nsqlookupd queries (a duration such as `5s`).
-    pub lookupd_poll_interval: String,
-    /// Most messages in flight (and largest write batch).
-    pub max_in_flight: u32,
-    /// nsqd's output buffer for this consumer in bytes (0: nsqd's default).
-    pub output_buffer_size: i64,
-    /// Output file (`None`: stdout).
-    pub output: Option<PathBuf>,
-    /// Whether each batch is fsynced.
-    pub fsync: bool,
-    /// Period of the per-worker summary log line (a duration such as `5s`).
-    pub summary_interval: String,
-    /// This logger's name.
-    pub logger_id: String,
-    /// Whether missing readings are detected and asked for.
-    pub detect_gaps: bool,
-    /// Grace period of a missing seq (a duration such as `3s`).
-    pub gap_grace: String,
-    /// Topic of the sensors' status announcements.
-    pub status_topic: String,
-    /// Topic the replay requests are published to.
-    pub replay_topic: String,
-    /// Topic of the sensors' "unavailable" answers.
-    pub replay_unavailable_topic: String,
-    /// nsqd the replay requests are published to (`None`: the first `nsqd_tcp_address`, else
-    /// `127.0.0.1:4150`).
-    pub replay_nsqd_tcp_address: Option<String>,
-    /// Replay requests per gap before it is reported lost.
-    pub replay_max_attempts: u32,
-    /// First pause between two replay requests for a gap (a duration such as `2s`).
-    pub replay_backoff: String,
-    /// Loss list file (`None`: beside `output`, or none with stdout).
-    pub lost_output: Option<PathBuf>,
-    /// Fault injection: pause between a batch's write and its FINs (a duration).
-    pub fin_delay: String,
-    /// Address of the HTTP port.
-    pub http_address: String,
-    /// Log format.
-    pub log_format: LogFormat,
-    /// Log level or filter.
-    pub log_level: String,
+    /// Address of the HTTP port (/health, /ready, /metrics, /gaps)
+    #[arg(long, value_name = "HOST:PORT", global = true, default_value = DEFAULT_HTTP_ADDRESS)]
+    pub http_address: ListenAddr,
+
+    /// Logging.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub log: LogArgs,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        let host = nsq::hostname();
-        Self {
-            topic: messages::RESULTS_TOPIC.to_owned(),
-            channel: "logger".to_owned(),
-            lookupd_http_address: Vec::new(),
-            nsqd_tcp_address: Vec::new(),
-            lookupd_poll_interval: "5s".to_owned(),
-            max_in_flight: 1000,
-            output_buffer_size: 0,
-            output: None,
-            fsync: false,
-            summary_interval: "5s".to_owned(),
-            logger_id: host.split('.').next().unwrap_or("logger").to_owned(),
-            detect_gaps: true,
-            gap_grace: "3s".to_owned(),
-            status_topic: messages::STATUS_TOPIC.to_owned(),
-            replay_topic: messages::REPLAY_TOPIC.to_owned(),
-            replay_unavailable_topic: messages::REPLAY_UNAVAILABLE_TOPIC.to_owned(),
-            replay_nsqd_tcp_address: None,
-            replay_max_attempts: 5,
-            replay_backoff: "2s".to_owned(),
-            lost_output: None,
-            fin_delay: "0s".to_owned(),
-            http_address: DEFAULT_HTTP_ADDRESS.to_owned(),
-            log_format: LogFormat::Text,
-            log_level: "info".to_owned(),
-        }
+        suite_common::config::defaults()
     }
 }
 
-/// The validated configuration the logger runs with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settings {
-    /// Topic consumed (a valid NSQ topic name).
-    pub topic: String,
-    /// Channel consumed on (a valid NSQ channel name).
-    pub channel: String,
-    /// nsqlookupd base URLs (`http://host:port`).
-    pub lookupd_http_addresses: Vec<String>,
-    /// nsqd TCP addresses (`host:port`).
-    pub nsqd_tcp_addresses: Vec<String>,
-    /// Period of the nsqlookupd queries.
-    pub lookupd_poll_interval: Duration,
-    /// Most messages in flight (at least 1).
-    pub max_in_flight: u32,
-    /// nsqd's output buffer for this consumer: `None` keeps nsqd's default.
-    pub output_buffer_size: Option<i64>,
-    /// Output file (`None`: stdout).
-    pub output: Option<PathBuf>,
-    /// Whether each batch is fsynced.
-    pub fsync: bool,
-    /// Period of the per-worker summary.
-    pub summary_interval: Duration,
-    /// This logger's name.
-    pub logger_id: String,
-    /// Whether missing readings are detected and asked for.
-    pub detect_gaps: bool,
-    /// How gaps are detected and asked for.
-    pub gaps: GapSettings,
-    /// Bounds of the de-duplication state.
-    pub seen_limits: SeenLimits,
-    /// Topic of the sensors' status announcements (a valid NSQ topic name).
-    pub status_topic: String,
-    /// Topic the replay requests are published to.
-    pub replay_topic: String,
-    /// Topic of the sensors' "unavailable" answers.
-    pub replay_unavailable_topic: String,
-    /// nsqd the replay requests are published to (`host:port`).
-    pub replay_nsqd_tcp_address: String,
-    /// Loss list file (`None`: losses are only logged, counted and shown).
-    pub lost_output: Option<PathBuf>,
-    /// Fault injection: pause between a batch's write and its FINs (zero: none).
-    pub fin_delay: Duration,
-    /// HTTP listen address (`host:port`, port 0 allowed).
-    pub http_address: String,
+/// The short host name.
+fn default_logger_id() -> String {
+    let host = nsq::hostname();
+    host.split('.').next().unwrap_or("logger").to_owned()
+}
+
+/// Parses `--output`: a path, not empty.
+fn output_path(text: &str) -> Result<PathBuf, Invalid> {
+    if text.is_empty() {
+        return Err(Invalid::Value(
+            "must not be empty (leave it out to write to stdout)".to_owned(),
+        ));
+    }
+    Ok(PathBuf::from(text))
+}
+
+/// Parses `--lost-output`: a path, not empty.
+fn lost_output_path(text: &str) -> Result<PathBuf, Invalid> {
+    if text.is_empty() {
+        return Err(Invalid::Value("must not be empty".to_owned()));
+    }
+    Ok(PathBuf::from(text))
+}
+
+/// Parses `--replay-max-attempts`: at least 1.
+fn replay_max_attempts(text: &str) -> Result<u32, Invalid> {
+    suite_common::setting::at_least_one(text).map_err(|e| match e {
+        Invalid::Value(m) if m == "must be at least 1" => {
+            Invalid::Value("must be at least 1 (use --detect-gaps=false to never ask)".to_owned())
+        }
+        other => other,
+    })
 }
 
 impl Config {
-    /// Checks every setting, naming the flag of the first bad one.
-    pub fn validate(&self) -> Result<Settings, ConfigError> {
-        use suite_common::addr;
+    /// Checks the rules that involve several settings, naming the flags.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.consumer.require_source("logger", ENV_PREFIX)
+    }
 
-        for (flag, topic) in [
-            ("--topic", &self.topic),
-            ("--status-topic", &self.status_topic),
-            ("--replay-topic", &self.replay_topic),
-            ("--replay-unavailable-topic", &self.replay_unavailable_topic),
-        ] {
-            if !nsq::protocol::is_valid_topic_name(topic) {
-                return Err(ConfigError::value(
-                    flag,
-                    format!(
-                        "'{topic}' is not a valid NSQ topic name (1-64 characters of \
-                         [.a-zA-Z0-9_-])"
-                    ),
-                ));
-            }
-        }
-        if !nsq::protocol::is_valid_channel_name(&self.channel) {
-            return Err(ConfigError::value(
-                "--channel",
-                format!(
-                    "'{}' is not a valid NSQ channel name (1-64 characters of [.a-zA-Z0-9_-], \
-                     optionally ending in #ephemeral)",
-                    self.channel
-                ),
-            ));
-        }
-        let lookupd = addr::lookupd_urls("--lookupd-http-address", &self.lookupd_http_address)?;
-        let nsqd = addr::host_ports("--nsqd-tcp-address", &self.nsqd_tcp_address)?;
-        if lookupd.is_empty() && nsqd.is_empty() {
-            return Err(ConfigError::value(
-                "--lookupd-http-address / --nsqd-tcp-address",
-                "none given: the logger needs at least one nsqlookupd or nsqd to consume from \
-                 (or LOGGER_LOOKUPD_HTTP_ADDRESS / LOGGER_NSQD_TCP_ADDRESS)",
-            ));
-        }
-        let http = addr::listen_address("--http-address", &self.http_address)?;
-        if self.max_in_flight == 0 {
-            return Err(ConfigError::value("--max-in-flight", "must be at least 1"));
-        }
-        if !matches!(self.output_buffer_size, -1 | 0 | 64..=65_536) {
-            return Err(ConfigError::value(
-                "--output-buffer-size",
-                "must be 0 (nsqd's default), -1 (no buffer) or 64 to 65536 bytes",
-            ));
-        }
-        if self
-            .output
+    /// nsqd the replay requests are published to: `--replay-nsqd-tcp-address`, else the
+    /// first `--nsqd-tcp-address`, else [`DEFAULT_REPLAY_NSQD`].
+    pub fn replay_nsqd(&self) -> String {
+        self.replay_nsqd_tcp_address
             .as_ref()
-            .is_some_and(|p| p.as_os_str().is_empty())
-        {
-            return Err(ConfigError::value(
-                "--output",
-                "must not be empty (leave it out to write to stdout)",
-            ));
-        }
-        let logger_id = self.logger_id.trim();
-        if logger_id.is_empty() {
-            return Err(ConfigError::value("--logger-id", "must not be empty"));
-        }
-        let summary_interval = duration("--summary-interval", &self.summary_interval)?;
-        if summary_interval.is_zero() {
-            return Err(ConfigError::value("--summary-interval", "must not be 0"));
-        }
-        let lookupd_poll_interval =
-            duration("--lookupd-poll-interval", &self.lookupd_poll_interval)?;
-        if lookupd_poll_interval.is_zero() {
-            return Err(ConfigError::value(
-                "--lookupd-poll-interval",
-                "must not be 0",
-            ));
-        }
-        let gap_grace = duration("--gap-grace", &self.gap_grace)?;
-        if self.replay_max_attempts == 0 {
-            return Err(ConfigError::value(
-                "--replay-max-attempts",
-                "must be at least 1 (use --detect-gaps=false to never ask)",
-            ));
-        }
-        let replay_backoff = duration("--replay-backoff", &self.replay_backoff)?;
-        if replay_backoff.is_zero() {
-            return Err(ConfigError::value("--replay-backoff", "must not be 0"));
-        }
-        let replay_nsqd = match &self.replay_nsqd_tcp_address {
-            Some(a) => addr::host_port("--replay-nsqd-tcp-address", a)?.to_string(),
-            None => nsqd
-                .first()
-                .map(ToString::to_string)
-                .unwrap_or_else(|| DEFAULT_REPLAY_NSQD.to_owned()),
-        };
-        if self
-            .lost_output
-            .as_ref()
-            .is_some_and(|p| p.as_os_str().is_empty())
-        {
-            return Err(ConfigError::value("--lost-output", "must not be empty"));
-        }
-        let lost_output = self
-            .lost_output
+            .or(self.consumer.nsqd_tcp_address.first())
+            .map_or_else(|| DEFAULT_REPLAY_NSQD.to_owned(), ToString::to_string)
+    }
+
+    /// The loss list file: `--lost-output`, else beside `--output` (`None` with stdout:
+    /// losses are only logged, counted and shown).
+    pub fn lost_output(&self) -> Option<PathBuf> {
+        self.lost_output
             .clone()
-            .or_else(|| self.output.as_deref().map(crate::lost::default_path));
-        Ok(Settings {
-            topic: self.topic.clone(),
-            channel: self.channel.clone(),
-            lookupd_http_addresses: lookupd,
-            nsqd_tcp_addresses: nsqd.iter().map(ToString::to_string).collect(),
-            lookupd_poll_interval,
-            max_in_flight: self.max_in_flight,
-            output_buffer_size: (self.output_buffer_size != 0).then_some(self.output_buffer_size),
-            output: self.output.clone(),
-            fsync: self.fsync,
-            summary_interval,
-            logger_id: logger_id.to_owned(),
-            detect_gaps: self.detect_gaps,
-            gaps: GapSettings {
-                grace: gap_grace,
-                max_attempts: self.replay_max_attempts,
-                backoff: replay_backoff,
-                backoff_max: replay_backoff.saturating_mul(16),
-                ..GapSettings::default()
-            },
-            seen_limits: SeenLimits::default(),
-            status_topic: self.status_topic.clone(),
-            replay_topic: self.replay_topic.clone(),
-            replay_unavailable_topic: self.replay_unavailable_topic.clone(),
-            replay_nsqd_tcp_address: replay_nsqd,
-            lost_output,
-            fin_delay: duration("--fin-delay", &self.fin_delay)?,
-            http_address: http.to_string(),
-        })
+            .or_else(|| self.output.as_deref().map(crate::lost::default_path))
+    }
+
+    /// How gaps are detected and asked for.
+    pub fn gaps(&self) -> GapSettings {
+        let backoff = self.replay_backoff.get();
+        GapSettings {
+            grace: self.gap_grace.get(),
+            max_attempts: self.replay_max_attempts,
+            backoff,
+            backoff_max: backoff.saturating_mul(16),
+            replay_window: self.replay_window,
+            max_epochs: self.max_sensor_epochs,
+            ..GapSettings::default()
+        }
+    }
+
+    /// The bounds of the de-duplication state.
+    pub fn seen_limits(&self) -> SeenLimits {
+        SeenLimits {
+            max_epochs: self.max_sensor_epochs,
+            max_ranges: self.max_seq_ranges,
+        }
     }
 }
 
 impl ServiceCli for Cli {
     const ENV_PREFIX: &'static str = ENV_PREFIX;
-    const LIST_KEYS: &'static [&'static str] = LIST_KEYS;
-    const DEFAULT_HTTP_ADDRESS: &'static str = DEFAULT_HTTP_ADDRESS;
-    type Config = Config;
-    type Flags = Flags;
 
     fn common(&self) -> &CommonArgs {
         &self.common
-    }
-
-    fn flags(&self) -> &Flags {
-        &self.flags
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
+    use std::{collections::HashMap, time::Duration};
+
+    use suite_common::config::LoadError;
 
     use super::*;
-
-    fn cli(args: &[&str]) -> Cli {
-        let mut all = vec!["logger"];
-        all.extend_from_slice(args);
-        Cli::try_parse_args(all).unwrap()
-    }
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
@@ -482,34 +308,41 @@ mod tests {
             .collect()
     }
 
-    fn settings(args: &[&str], e: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        cli(args).load_config_with_env(&env(e)).unwrap().validate()
+    fn settings(args: &[&str], e: &[(&str, &str)]) -> Result<Config, String> {
+        let mut all = vec!["logger"];
+        all.extend_from_slice(args);
+        let config = Cli::try_parse_with_env(all, &env(e))
+            .map_err(|e| match e {
+                LoadError::Usage(e) => e.render().to_string(),
+                LoadError::Config(e) => e.to_string(),
+            })?
+            .config;
+        config.check().map_err(|e| e.to_string())?;
+        Ok(config)
     }
 
     #[test]
     fn defaults() {
         let s = settings(&["--nsqd-tcp-address", "127.0.0.1:4150"], &[]).unwrap();
-        assert_eq!(
-            (s.topic.as_str(), s.channel.as_str()),
-            ("results", "logger")
-        );
-        assert_eq!(s.max_in_flight, 1000);
+        assert_eq!((&*s.topic, &*s.channel), ("results", "logger"));
+        assert_eq!(s.consumer.max_in_flight, 1000);
         assert_eq!(s.output, None);
         assert!(!s.fsync);
-        assert_eq!(s.summary_interval, Duration::from_secs(5));
-        assert_eq!(s.http_address, DEFAULT_HTTP_ADDRESS);
+        assert_eq!(s.summary_interval.get(), Duration::from_secs(5));
+        assert_eq!(s.http_address.to_string(), DEFAULT_HTTP_ADDRESS);
         assert!(s.detect_gaps);
-        assert_eq!(s.gaps.grace, Duration::from_secs(3));
-        assert_eq!(s.gaps.max_attempts, 5);
-        assert_eq!(s.gaps.backoff, Duration::from_secs(2));
-        assert_eq!(s.gaps.backoff_max, Duration::from_secs(32));
+        let gaps = s.gaps();
+        assert_eq!(gaps.grace, Duration::from_secs(3));
+        assert_eq!(gaps.max_attempts, 5);
+        assert_eq!(gaps.backoff, Duration::from_secs(2));
+        assert_eq!(gaps.backoff_max, Duration::from_secs(32));
         assert_eq!(
-            (s.status_topic.as_str(), s.replay_topic.as_str()),
+            (&*s.status_topic, &*s.replay_topic),
             ("sensor_status", "sensor_replay")
         );
-        assert_eq!(s.replay_unavailable_topic, "sensor_replay_unavailable");
-        assert_eq!(s.replay_nsqd_tcp_address, "127.0.0.1:4150");
-        assert_eq!(s.lost_output, None, "no loss list with stdout");
+        assert_eq!(&*s.replay_unavailable_topic, "sensor_replay_unavailable");
+        assert_eq!(s.replay_nsqd(), "127.0.0.1:4150");
+        assert_eq!(s.lost_output(), None, "no loss list with stdout");
     }
 
     #[test]
@@ -528,11 +361,12 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(s.replay_nsqd_tcp_address, DEFAULT_REPLAY_NSQD);
-        assert_eq!(s.lost_output, Some(PathBuf::from("/data/r.lost.jsonl")));
-        assert_eq!(s.gaps.grace, Duration::from_millis(500));
+        assert_eq!(s.replay_nsqd(), DEFAULT_REPLAY_NSQD);
+        assert_eq!(s.lost_output(), Some(PathBuf::from("/data/r.lost.jsonl")));
+        let gaps = s.gaps();
+        assert_eq!(gaps.grace, Duration::from_millis(500));
         assert_eq!(
-            (s.gaps.max_attempts, s.gaps.backoff),
+            (gaps.max_attempts, gaps.backoff),
             (2, Duration::from_millis(100))
         );
         assert!(!s.detect_gaps);
@@ -545,8 +379,8 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(s.replay_nsqd_tcp_address, "n1:4150", "the first nsqd");
-        assert_eq!(s.lost_output, Some(PathBuf::from("/x/lost.jsonl")));
+        assert_eq!(s.replay_nsqd(), "n1:4150", "the first nsqd");
+        assert_eq!(s.lost_output(), Some(PathBuf::from("/x/lost.jsonl")));
         let s = settings(
             &[
                 "--nsqd-tcp-address=n1:4150",
@@ -555,7 +389,7 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(s.replay_nsqd_tcp_address, "r:4150");
+        assert_eq!(s.replay_nsqd(), "r:4150");
     }
 
     #[test]
@@ -589,8 +423,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.output, Some(PathBuf::from("/tmp/x.jsonl")));
-        assert_eq!(s.lookupd_http_addresses, ["http://l:4161"]);
-        let err = settings(&[], &[]).unwrap_err().to_string();
+        assert_eq!(s.consumer.lookupd_urls(), ["http://l:4161"]);
+        let err = settings(&[], &[]).unwrap_err();
         assert!(err.contains("at least one nsqlookupd or nsqd"), "{err}");
     }
 
@@ -631,23 +465,29 @@ mod tests {
         for (args, expected) in cases {
             let mut all = vec!["--nsqd-tcp-address", "127.0.0.1:4150"];
             all.extend_from_slice(args);
-            let err = settings(&all, &[]).unwrap_err().to_string();
+            let err = settings(&all, &[]).unwrap_err();
             assert!(err.contains(expected), "{args:?}: {err}");
         }
-        // clap refuses an empty --output itself; the environment can still give one.
-        let err = settings(&["--nsqd-tcp-address", "a:1"], &[("LOGGER_OUTPUT", "")])
-            .unwrap_err()
-            .to_string();
+        // The environment can give an empty --output.
+        let err = settings(&["--nsqd-tcp-address", "a:1"], &[("LOGGER_OUTPUT", "")]).unwrap_err();
         assert!(err.contains("invalid `--output`"), "{err}");
+        assert!(err.contains("LOGGER_OUTPUT"), "{err}");
     }
 
     #[test]
-    fn help_names_every_env_var() {
-        let help = Cli::command_with_env().render_help().to_string();
+    fn help_names_every_env_var_and_its_real_default() {
+        let command = Cli::command_with_env();
+        let help = command.clone().render_help().to_string();
         let keys = serde_json::to_value(Config::default()).unwrap();
         for key in keys.as_object().unwrap().keys() {
             let var = format!("LOGGER_{}", key.to_ascii_uppercase());
             assert!(help.contains(&var), "{var} missing from --help:\n{help}");
         }
+        let mismatches = suite_common::config::help_mismatches(&command, &Config::default());
+        assert!(mismatches.is_empty(), "{mismatches:#?}");
+        assert!(
+            help.contains("also the largest write batch [default: 1000]"),
+            "{help}"
+        );
     }
 }

@@ -31,8 +31,8 @@
 //!
 //! # Modules
 //!
-//! * [`config`]: flags, environment and file ([`Cli`], [`Config`]), validated into
-//!   [`Settings`](config::Settings);
+//! * [`config`]: the settings ([`Config`], one typed field each) and the command line
+//!   ([`Cli`]), filled from flags, environment and file;
 //! * [`startup`]: [`Application::build`] and [`Application::run_until_stopped`];
 //! * [`sink`]: what happens to a batch of messages;
 //! * [`output`]: the output file, its rebuild and its failure handling;
@@ -46,12 +46,12 @@
 //!
 //! ```no_run
 //! # async fn example() -> anyhow::Result<()> {
-//! let config = logger::Config {
-//!     nsqd_tcp_address: vec!["127.0.0.1:4150".into()],
+//! let mut config = logger::Config {
 //!     output: Some("results.jsonl".into()),
-//!     http_address: "127.0.0.1:0".into(),
+//!     http_address: "127.0.0.1:0".parse()?,
 //!     ..logger::Config::default()
 //! };
+//! config.consumer.nsqd_tcp_address = vec!["127.0.0.1:4150".parse()?];
 //! let app = logger::Application::build(config).await?;
 //! println!("{} readings already in the output", app.seen().len());
 //! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

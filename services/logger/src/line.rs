@@ -84,7 +84,7 @@ impl LogLine {
 
 /// Longest `sensor_id` or `worker_id` accepted, in bytes. Ids are kept in memory per
 /// sensor epoch and per worker, so a forged message with a megabyte-long id must not be.
-pub const MAX_ID_BYTES: usize = 256;
+pub use messages::MAX_ID_BYTES;
 
 /// Checks an id read from a message: not empty, at most [`MAX_ID_BYTES`]; the error says
 /// which field and why.

@@ -34,8 +34,8 @@ use nsq::{
 use tokio::sync::mpsc;
 
 use crate::{
-    config::Settings,
-    gaps::{Ask, Gaps, Loss, LossReason},
+    config::Config,
+    gaps::{Ask, GapSettings, Gaps, Loss, LossReason},
     lost::{LossList, LossRecord},
     metrics as m,
     seen::Seen,
@@ -65,8 +65,8 @@ pub enum Event {
 
 /// The logger's replay machinery; see the module documentation.
 pub struct Replay {
-    /// The validated configuration.
-    settings: Arc<Settings>,
+    /// The settings.
+    settings: Arc<Config>,
     /// The gap tracker, shared with `GET /gaps`.
     gaps: Arc<Mutex<Gaps>>,
     /// Where losses are recorded.
@@ -105,7 +105,7 @@ impl std::fmt::Debug for Replay {
 impl Replay {
     /// Starts the consumers and the producer (they connect in the background).
     pub fn start(
-        settings: Arc<Settings>,
+        settings: Arc<Config>,
         gaps: Arc<Mutex<Gaps>>,
         losses: LossList,
     ) -> anyhow::Result<Self> {
@@ -116,9 +116,9 @@ impl Replay {
         };
         let consumer_config = ConsumerConfig {
             connection: connection.clone(),
-            nsqd_tcp_addresses: settings.nsqd_tcp_addresses.clone(),
-            lookupd_http_addresses: settings.lookupd_http_addresses.clone(),
-            lookupd_poll_interval: settings.lookupd_poll_interval,
+            nsqd_tcp_addresses: settings.consumer.nsqd_addresses(),
+            lookupd_http_addresses: settings.consumer.lookupd_urls(),
+            lookupd_poll_interval: settings.consumer.lookupd_poll_interval.get(),
             max_in_flight: MAX_IN_FLIGHT,
             max_attempts: 0,
             ..ConsumerConfig::default()
@@ -136,7 +136,7 @@ impl Replay {
         )
         .context("starting the replay-unavailable consumer")?;
         let producer = Producer::connect(
-            &settings.replay_nsqd_tcp_address,
+            &settings.replay_nsqd(),
             ProducerConfig {
                 connection,
                 publish_timeout: PUBLISH_TIMEOUT,
@@ -144,18 +144,18 @@ impl Replay {
             },
         )
         .context("starting the replay producer")?;
-        let period =
-            (settings.gaps.grace / 4).clamp(Duration::from_millis(50), Duration::from_millis(250));
+        let period = (settings.gaps().grace / 4)
+            .clamp(Duration::from_millis(50), Duration::from_millis(250));
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (failed_tx, failed_rx) = mpsc::unbounded_channel();
         tracing::info!(
             status_topic = %settings.status_topic,
             replay_topic = %settings.replay_topic,
-            replay_nsqd = %settings.replay_nsqd_tcp_address,
+            replay_nsqd = %settings.replay_nsqd(),
             unavailable_topic = %settings.replay_unavailable_topic,
-            grace = ?settings.gaps.grace,
-            max_attempts = settings.gaps.max_attempts,
+            grace = ?settings.gaps().grace,
+            max_attempts = settings.gaps().max_attempts,
             loss_list = %losses.describe(),
             "gap detection on"
         );
@@ -415,7 +415,7 @@ impl Replay {
                 tracing::warn!(
                     evicted = outcome.evicted,
                     held_back,
-                    max_sensor_epochs = self.settings.gaps.max_epochs,
+                    max_sensor_epochs = self.settings.max_sensor_epochs,
                     example_sensor_id = %sensor_id,
                     example_epoch = epoch,
                     "more sensor epochs than --max-sensor-epochs: the least recently active \
@@ -429,7 +429,7 @@ impl Replay {
                 tracing::warn!(
                     deferred = outcome.deferred,
                     held_back,
-                    per_tick = self.settings.gaps.max_requests_per_tick,
+                    per_tick = GapSettings::default().max_requests_per_tick,
                     "more replay requests due than one tick may make: the rest follow in \
                      later ticks"
                 );
@@ -465,7 +465,7 @@ impl Replay {
                     to_seq = l.to,
                     count = l.count(),
                     reason = l.reason.as_str(),
-                    requests = self.settings.gaps.max_attempts,
+                    requests = self.settings.replay_max_attempts,
                     "{why}"
                 );
             }
@@ -494,7 +494,7 @@ impl Replay {
             }
         };
         let producer = self.producer.clone();
-        let topic = self.settings.replay_topic.clone();
+        let topic = self.settings.replay_topic.to_string();
         let failed = self.failed_tx.clone();
         tracing::info!(
             sensor_id = %ask.sensor_id,
@@ -529,7 +529,7 @@ impl Replay {
     fn invalid(&self, msg: &Message, topic: &str, why: &str) {
         metrics::counter!(
             m::DECODE_ERRORS,
-            "topic" => topic.to_owned(), "channel" => self.settings.channel.clone()
+            "topic" => topic.to_owned(), "channel" => self.settings.channel.to_string()
         )
         .increment(1);
         tracing::error!(
@@ -545,7 +545,7 @@ impl Replay {
     fn undecodable(&self, msg: &Message, topic: &str, error: &messages::CodecError) {
         metrics::counter!(
             m::DECODE_ERRORS,
-            "topic" => topic.to_owned(), "channel" => self.settings.channel.clone()
+            "topic" => topic.to_owned(), "channel" => self.settings.channel.to_string()
         )
         .increment(1);
         tracing::error!(

@@ -35,7 +35,7 @@ use nsq::Message;
 use tracing::field::Empty;
 
 use crate::{
-    config::Settings,
+    config::Config,
     line::{check_result, Key, LogLine},
     metrics as m,
     output::{Output, WriteError},
@@ -49,8 +49,8 @@ const REQUEUE_DELAY: Duration = Duration::from_secs(1);
 /// The output and the state derived from it.
 #[derive(Debug)]
 pub struct Sink {
-    /// The validated configuration.
-    settings: Arc<Settings>,
+    /// The settings.
+    settings: Arc<Config>,
     /// The output; `None` only while a write runs on the blocking pool.
     output: Option<Output>,
     /// Keys of the lines in the output.
@@ -82,7 +82,7 @@ struct Fresh {
 impl Sink {
     /// A sink writing to `output`, whose existing lines' keys are `seen`.
     pub fn new(
-        settings: Arc<Settings>,
+        settings: Arc<Config>,
         output: Output,
         seen: Seen,
         workers: Arc<Mutex<WorkerWindow>>,
@@ -90,7 +90,7 @@ impl Sink {
         started: Instant,
     ) -> Self {
         let mut seen = seen;
-        seen.set_limits(settings.seen_limits);
+        seen.set_limits(settings.seen_limits());
         metrics::gauge!(m::KNOWN_READINGS).set(seen.len() as f64);
         let mut sink = Self {
             settings,
@@ -116,7 +116,10 @@ impl Sink {
     /// are then requeued and the logger must stop.
     pub async fn handle_batch(&mut self, batch: Vec<Message>) -> anyhow::Result<()> {
         let s = Arc::clone(&self.settings);
-        let labels = [("topic", s.topic.clone()), ("channel", s.channel.clone())];
+        let labels = [
+            ("topic", s.topic.to_string()),
+            ("channel", s.channel.to_string()),
+        ];
         metrics::counter!(m::CONSUMED, &labels).increment(batch.len() as u64);
 
         let written_at = unix_nanos();
@@ -209,10 +212,10 @@ impl Sink {
         match written {
             Ok(()) => {
                 self.writable.store(true, Ordering::Relaxed);
-                if !self.settings.fin_delay.is_zero() {
+                if !self.settings.fin_delay.get().is_zero() {
                     // Fault injection (--fin-delay): the lines are in the output, their
                     // messages not yet finished.
-                    tokio::time::sleep(self.settings.fin_delay).await;
+                    tokio::time::sleep(self.settings.fin_delay.get()).await;
                 }
                 let lines = fresh.len() as u64;
                 let mut per_worker: HashMap<String, u64> = HashMap::new();

@@ -1,7 +1,7 @@
 //! Building and running the logger: [`Application::build`] then
 //! [`Application::run_until_stopped`].
 //!
-//! `build` validates the configuration (a usage error, exit code 2, when it is bad), opens
+//! `build` checks the settings that depend on each other (a usage error, exit code 2), opens
 //! the output and rebuilds the de-duplication state from it, installs the metrics recorder
 //! and binds the HTTP port. `run_until_stopped` starts the consumer and writes batches: it
 //! takes a message, then whatever else has already arrived (up to `--max-in-flight`), and
@@ -28,7 +28,7 @@ use suite_common::{
 };
 
 use crate::{
-    config::{Config, Settings},
+    config::Config,
     gaps::{Gaps, GapsReport},
     lost::LossList,
     metrics as m,
@@ -47,8 +47,8 @@ const SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// A built logger, ready to run.
 pub struct Application {
-    /// The validated configuration.
-    settings: Arc<Settings>,
+    /// The settings.
+    settings: Arc<Config>,
     /// The output and the state derived from it.
     sink: Sink,
     /// Per-worker counts, shared with `GET /workers`.
@@ -95,10 +95,11 @@ impl Application {
     /// Must be called inside a tokio runtime. Fails with a usage error for a bad setting, or
     /// when the output cannot be used, the HTTP port bound or the metrics recorder installed.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let settings = Arc::new(config.validate()?);
+        config.check()?;
+        let settings = Arc::new(config);
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
-            config = %suite_common::config::to_one_line(&config)?,
+            config = %suite_common::config::to_one_line(&*settings)?,
             "starting logger"
         );
         let metrics = http::install_metrics(SERVICE, &settings.logger_id)?;
@@ -106,7 +107,7 @@ impl Application {
         m::register(&settings.topic, &settings.channel);
 
         let (output, seen) = open_output(&settings).await?;
-        let gaps = Arc::new(Mutex::new(Gaps::new(settings.gaps.clone())));
+        let gaps = Arc::new(Mutex::new(Gaps::new(settings.gaps())));
         let losses = if settings.detect_gaps {
             m::describe_gaps();
             Some(open_loss_list(&settings, &gaps).await?)
@@ -117,7 +118,9 @@ impl Application {
             None
         };
         let started = Instant::now();
-        let workers = Arc::new(Mutex::new(WorkerWindow::new(settings.summary_interval)));
+        let workers = Arc::new(Mutex::new(WorkerWindow::new(
+            settings.summary_interval.get(),
+        )));
         let writable = Arc::new(AtomicBool::new(true));
         let sink = Sink::new(
             Arc::clone(&settings),
@@ -151,7 +154,7 @@ impl Application {
                     enabled: settings.detect_gaps,
                 }),
         );
-        let http = HttpServer::bind(&settings.http_address).await?;
+        let http = HttpServer::bind(&settings.http_address.to_string()).await?;
         tracing::info!(
             http_address = %http.local_addr(),
             logger_id = %settings.logger_id,
@@ -215,13 +218,13 @@ impl Application {
                 connection: ConnectionConfig {
                     client_id: s.logger_id.clone(),
                     user_agent: format!("nsq-suite-{SERVICE}/{}", env!("CARGO_PKG_VERSION")),
-                    output_buffer_size: s.output_buffer_size,
+                    output_buffer_size: s.consumer.output_buffer_size(),
                     ..ConnectionConfig::default()
                 },
-                nsqd_tcp_addresses: s.nsqd_tcp_addresses.clone(),
-                lookupd_http_addresses: s.lookupd_http_addresses.clone(),
-                lookupd_poll_interval: s.lookupd_poll_interval,
-                max_in_flight: s.max_in_flight,
+                nsqd_tcp_addresses: s.consumer.nsqd_addresses(),
+                lookupd_http_addresses: s.consumer.lookupd_urls(),
+                lookupd_poll_interval: s.consumer.lookupd_poll_interval.get(),
+                max_in_flight: s.consumer.max_in_flight,
                 // The logger never gives up on a result: a write that keeps failing is an
                 // operator's problem, visible in /ready and the logs, not a reason to drop.
                 max_attempts: 0,
@@ -239,8 +242,8 @@ impl Application {
             Arc::clone(&s),
         ));
         let mut summary = tokio::time::interval_at(
-            tokio::time::Instant::now() + s.summary_interval,
-            s.summary_interval,
+            tokio::time::Instant::now() + s.summary_interval.get(),
+            s.summary_interval.get(),
         );
         summary.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut replay = match losses {
@@ -248,7 +251,7 @@ impl Application {
             None => None,
         };
 
-        let max_batch = s.max_in_flight as usize;
+        let max_batch = s.consumer.max_in_flight as usize;
         let mut closing: Option<tokio::task::JoinHandle<()>> = None;
         let mut failure: Option<anyhow::Error> = None;
         tokio::pin!(shutdown);
@@ -320,8 +323,8 @@ async fn next_replay_event(replay: &mut Option<Replay>) -> crate::replay::Event 
 }
 
 /// Opens the loss list (if any) and restores what it holds into the gap tracker.
-async fn open_loss_list(settings: &Settings, gaps: &Mutex<Gaps>) -> anyhow::Result<LossList> {
-    let Some(path) = settings.lost_output.clone() else {
+async fn open_loss_list(settings: &Config, gaps: &Mutex<Gaps>) -> anyhow::Result<LossList> {
+    let Some(path) = settings.lost_output() else {
         tracing::info!("no loss list (stdout output, no --lost-output): losses are only logged, counted and shown by GET /gaps");
         return Ok(LossList::none());
     };
@@ -396,7 +399,7 @@ fn log_summary(workers: &Mutex<WorkerWindow>, started: Instant) {
 }
 
 /// Opens the output named in the settings, or stdout; returns it with the keys it holds.
-async fn open_output(settings: &Settings) -> anyhow::Result<(Output, Seen)> {
+async fn open_output(settings: &Config) -> anyhow::Result<(Output, Seen)> {
     let Some(path) = settings.output.clone() else {
         tracing::info!("writing to stdout: duplicates are recognised within this run only");
         return Ok((Output::stdout(), Seen::default()));
@@ -466,7 +469,7 @@ async fn sample(
     consumer: Consumer,
     readiness: Readiness,
     writable: Arc<AtomicBool>,
-    s: Arc<Settings>,
+    s: Arc<Config>,
 ) {
     let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -481,7 +484,7 @@ async fn sample(
             stats.nodes.iter().map(|n| (n.addr.as_str(), n.connected)),
             &mut known,
         );
-        metrics::gauge!(m::IN_FLIGHT, "topic" => s.topic.clone(), "channel" => s.channel.clone())
+        metrics::gauge!(m::IN_FLIGHT, "topic" => s.topic.to_string(), "channel" => s.channel.to_string())
             .set(f64::from(stats.in_flight()));
         if connections == 0 {
             readiness.set_not_ready(format!(

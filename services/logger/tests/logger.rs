@@ -26,14 +26,15 @@ fn init_logs() {
 }
 
 fn config(nsqd: &Nsqd, output: &Path) -> Config {
-    Config {
-        nsqd_tcp_address: vec![nsqd.tcp_address()],
+    let mut config = Config {
         output: Some(output.to_owned()),
         logger_id: LOGGER_ID.to_owned(),
-        http_address: "127.0.0.1:0".to_owned(),
-        summary_interval: "200ms".to_owned(),
+        http_address: "127.0.0.1:0".parse().unwrap(),
+        summary_interval: "200ms".parse().unwrap(),
         ..Config::default()
-    }
+    };
+    config.consumer.nsqd_tcp_address = vec![nsqd.tcp_address().parse().unwrap()];
+    config
 }
 
 async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
@@ -409,8 +410,8 @@ async fn asks_for_gaps_and_records_what_cannot_be_replayed() {
     let out = dir.path().join("results.jsonl");
     let lost_path = dir.path().join("results.lost.jsonl");
     let gap_config = || Config {
-        gap_grace: "200ms".to_owned(),
-        replay_backoff: "300ms".to_owned(),
+        gap_grace: "200ms".parse().unwrap(),
+        replay_backoff: "300ms".parse().unwrap(),
         replay_max_attempts: 2,
         ..config(&nsqd, &out)
     };
@@ -595,8 +596,8 @@ async fn a_gap_nobody_answers_is_reported_lost_after_the_last_request() {
     producer.multi_publish("results", bodies).await.unwrap();
 
     let (_base, stop, run) = spawn_logger(Config {
-        gap_grace: "100ms".to_owned(),
-        replay_backoff: "100ms".to_owned(),
+        gap_grace: "100ms".parse().unwrap(),
+        replay_backoff: "100ms".parse().unwrap(),
         replay_max_attempts: 3,
         lost_output: Some(lost_path.clone()),
         ..config(&nsqd, &out)

@@ -39,7 +39,7 @@ use tokio::{
 };
 
 use crate::{
-    config::Settings,
+    config::Config,
     history::History,
     metrics as m,
     outbox::{Outbox, Pending},
@@ -110,7 +110,7 @@ struct BatchResult {
 /// State of the sensor's loop; see the module documentation.
 pub(crate) struct Engine {
     /// The validated configuration.
-    settings: Arc<Settings>,
+    settings: Arc<Config>,
     /// This run's epoch.
     epoch: u64,
     /// Publishes to nsqd.
@@ -151,7 +151,7 @@ pub(crate) struct Engine {
 impl Engine {
     /// A loop for a new epoch; nothing runs until [`Engine::run`].
     pub(crate) fn new(
-        settings: Arc<Settings>,
+        settings: Arc<Config>,
         epoch: u64,
         producer: Producer,
         history: Arc<Mutex<History>>,
@@ -197,7 +197,7 @@ impl Engine {
         ));
         tokio::pin!(shutdown);
         let reason = self.run_loop(shutdown.as_mut()).await;
-        let linger = self.settings.linger;
+        let linger = self.settings.linger.get();
         if matches!(reason, Ok(StopReason::CountReached)) && !linger.is_zero() {
             // CountReached means the shutdown future has not resolved yet.
             tracing::info!(
@@ -254,10 +254,10 @@ impl Engine {
                     let waiting = self.outbox.len() + self.in_flight;
                     tracing::info!(
                         waiting,
-                        timeout = ?self.settings.flush_timeout,
+                        timeout = ?self.settings.flush_timeout(),
                         "stopping: no more readings, flushing the outbox"
                     );
-                    flush_deadline = Some(Instant::now() + self.settings.flush_timeout);
+                    flush_deadline = Some(Instant::now() + self.settings.flush_timeout());
                 }
                 Some(joined) = self.publishes.join_next_with_id(), if !self.publishes.is_empty() => {
                     self.on_published(joined);
@@ -332,7 +332,7 @@ impl Engine {
             self.in_flight += batch.len();
             let seqs = batch.iter().map(|(seq, _)| *seq).collect();
             let producer = self.producer.clone();
-            let topic = self.settings.topic.clone();
+            let topic = self.settings.topic.to_string();
             let handle = self.publishes.spawn(async move {
                 let result = match batch.as_slice() {
                     [(_, body)] => producer.publish(&topic, body.clone()).await,
@@ -364,7 +364,7 @@ impl Engine {
         };
         self.in_flight_seqs.remove(&id);
         self.in_flight -= batch.len();
-        let topic = self.settings.topic.as_str();
+        let topic = &*self.settings.topic;
         let n = batch.len() as u64;
         let (first, last) = seq_span(&batch);
         match result {
@@ -530,14 +530,14 @@ pub(crate) async fn publish_status(
 /// Announces the highest confirmed seq on the status topic every `interval`, forever.
 pub(crate) async fn announce_status(
     producer: Producer,
-    settings: Arc<Settings>,
+    settings: Arc<Config>,
     epoch: u64,
     confirmed_seq: Arc<AtomicU64>,
     history: Arc<Mutex<History>>,
 ) {
-    let mut tick = tokio::time::interval(settings.status_interval);
+    let mut tick = tokio::time::interval(settings.status_interval.get());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let timeout = settings.status_interval.max(Duration::from_secs(1));
+    let timeout = settings.status_interval.get().max(Duration::from_secs(1));
     loop {
         tick.tick().await;
         let status = SensorStatus {

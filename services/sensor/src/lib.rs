@@ -34,8 +34,8 @@
 //!
 //! # Modules
 //!
-//! * [`config`]: flags, environment and file ([`Cli`], [`Config`]), validated into
-//!   [`Settings`](config::Settings);
+//! * [`config`]: the settings ([`Config`], one typed field each) and the command line
+//!   ([`Cli`]), filled from flags, environment and file;
 //! * [`startup`]: [`Application::build`] and [`Application::run_until_stopped`];
 //! * [`engine`]: the loop that takes, publishes and retries, and its [`Report`];
 //! * [`replay`]: answering replay requests from the history;
@@ -49,9 +49,9 @@
 //! ```no_run
 //! # async fn example() -> anyhow::Result<()> {
 //! let config = sensor::Config {
-//!     nsqd_tcp_address: "127.0.0.1:4150".into(),
+//!     nsqd_tcp_address: "127.0.0.1:4150".parse()?,
 //!     count: Some(100),
-//!     http_address: "127.0.0.1:0".into(),
+//!     http_address: "127.0.0.1:0".parse()?,
 //!     ..sensor::Config::default()
 //! };
 //! let app = sensor::Application::build(config).await?;

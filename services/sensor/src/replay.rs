@@ -31,7 +31,7 @@ use suite_common::shutdown::CancellationToken;
 use tracing::{field::Empty, Instrument as _};
 
 use crate::{
-    config::Settings,
+    config::Config,
     engine::{MAX_BATCH, MAX_BATCH_BYTES},
     history::{History, SeqRange},
     metrics as m,
@@ -69,7 +69,7 @@ pub fn channel_name(sensor_id: &str, epoch: u64) -> String {
 /// What the responder needs; see the module documentation.
 pub struct Responder {
     /// The validated configuration.
-    settings: Arc<Settings>,
+    settings: Arc<Config>,
     /// This run's epoch.
     epoch: u64,
     /// The readings to replay from.
@@ -102,15 +102,15 @@ impl Responder {
     /// Subscribes to the replay topic on this epoch's ephemeral channel (connecting in the
     /// background).
     pub fn start(
-        settings: Arc<Settings>,
+        settings: Arc<Config>,
         epoch: u64,
         history: Arc<Mutex<History>>,
         producer: Producer,
         connection: nsq::ConnectionConfig,
     ) -> anyhow::Result<Self> {
         let channel = channel_name(&settings.sensor_id, epoch);
-        let nsqd = if settings.lookupd_http_addresses.is_empty() {
-            vec![settings.nsqd_tcp_address.clone()]
+        let nsqd = if settings.lookupd_http_address.is_empty() {
+            vec![settings.nsqd_tcp_address.to_string()]
         } else {
             Vec::new()
         };
@@ -120,8 +120,8 @@ impl Responder {
             ConsumerConfig {
                 connection,
                 nsqd_tcp_addresses: nsqd,
-                lookupd_http_addresses: settings.lookupd_http_addresses.clone(),
-                lookupd_poll_interval: settings.lookupd_poll_interval,
+                lookupd_http_addresses: settings.lookupd_urls(),
+                lookupd_poll_interval: settings.lookupd_poll_interval.get(),
                 max_in_flight: MAX_IN_FLIGHT,
                 max_attempts: 0,
                 ..ConsumerConfig::default()
@@ -267,7 +267,7 @@ impl Responder {
                     metrics::counter!(m::REPLAY_UNAVAILABLE).increment(count);
                     metrics::counter!(
                         m::PUBLISHED,
-                        "topic" => self.settings.replay_unavailable_topic.clone()
+                        "topic" => self.settings.replay_unavailable_topic.to_string()
                     )
                     .increment(1);
                     tracing::warn!(
@@ -325,7 +325,7 @@ impl Responder {
                 match result {
                     Ok(()) => {
                         metrics::counter!(m::REPLAYED_READINGS).increment(n);
-                        metrics::counter!(m::PUBLISHED, "topic" => topic.clone()).increment(n);
+                        metrics::counter!(m::PUBLISHED, "topic" => topic.to_string()).increment(n);
                     }
                     Err(e) => {
                         return match retry_or_give_up(e, "replayed readings") {

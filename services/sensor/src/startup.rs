@@ -1,7 +1,7 @@
 //! Building and running the sensor: [`Application::build`] then
 //! [`Application::run_until_stopped`].
 //!
-//! `build` validates the configuration (a usage error, exit code 2, when it is bad), installs
+//! `build` logs the settings (already validated while parsing), installs
 //! the metrics recorder, starts the nsqd producer (which connects, and reconnects, in the
 //! background: an unreachable nsqd is logged and retried, never fatal) and binds the HTTP
 //! port. `run_until_stopped` serves HTTP and runs the engine (`crate::engine`) until `--count` is reached or
@@ -22,7 +22,7 @@ use suite_common::{
 use tokio::sync::watch;
 
 use crate::{
-    config::{Config, Settings},
+    config::Config,
     engine::{Engine, Report},
     history::History,
     http::{router, ReadingsState},
@@ -35,8 +35,8 @@ pub const SERVICE: &str = "sensor";
 
 /// A built sensor, ready to run.
 pub struct Application {
-    /// The validated configuration.
-    settings: Arc<Settings>,
+    /// The settings.
+    settings: Arc<Config>,
     /// This run's epoch: Unix milliseconds at start-up, new at every start.
     epoch: u64,
     /// The nsqd producer (already connecting).
@@ -62,15 +62,15 @@ impl std::fmt::Debug for Application {
 }
 
 impl Application {
-    /// Validates `config`, starts connecting to nsqd and binds the HTTP port.
+    /// Starts connecting to nsqd and binds the HTTP port.
     ///
     /// Must be called inside a tokio runtime. Fails with a usage error for a bad setting, or
     /// when the HTTP port cannot be bound or the metrics recorder installed.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let settings = Arc::new(config.validate()?);
+        let settings = Arc::new(config);
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
-            config = %suite_common::config::to_one_line(&config)?,
+            config = %suite_common::config::to_one_line(&*settings)?,
             "starting sensor"
         );
         let metrics = http::install_metrics(SERVICE, &settings.sensor_id)?;
@@ -79,7 +79,7 @@ impl Application {
 
         let epoch = unix_millis();
         let producer = Producer::connect(
-            &settings.nsqd_tcp_address,
+            &settings.nsqd_tcp_address.to_string(),
             ProducerConfig {
                 connection: connection_config(&settings.sensor_id),
                 ..ProducerConfig::default()
@@ -87,7 +87,10 @@ impl Application {
         )
         .context("starting the nsqd producer")?;
 
-        let history = Arc::new(Mutex::new(History::new(settings.history, usize::MAX)));
+        let history = Arc::new(Mutex::new(History::new(
+            settings.history,
+            settings.history_bytes,
+        )));
         let readiness =
             Readiness::not_ready(format!("connecting to nsqd {}", settings.nsqd_tcp_address));
         let base = BaseState::new(SERVICE, &settings.sensor_id, readiness.clone(), metrics);
@@ -96,7 +99,7 @@ impl Application {
             epoch,
             history: Arc::clone(&history),
         }));
-        let http = HttpServer::bind(&settings.http_address).await?;
+        let http = HttpServer::bind(&settings.http_address.to_string()).await?;
         tracing::info!(
             http_address = %http.local_addr(),
             sensor_id = %settings.sensor_id,
@@ -153,7 +156,7 @@ impl Application {
         let readiness_task = tokio::spawn(track_producer(
             self.producer.state(),
             self.readiness.clone(),
-            self.settings.nsqd_tcp_address.clone(),
+            self.settings.nsqd_tcp_address.to_string(),
         ));
 
         let finishing = CancellationToken::new();

@@ -31,10 +31,10 @@ fn tracing_subscriber_init(filter: &str) -> Result<(), String> {
 
 fn config(nsqd: &str) -> Config {
     Config {
-        nsqd_tcp_address: nsqd.to_owned(),
+        nsqd_tcp_address: nsqd.parse().unwrap(),
         sensor_id: SENSOR_ID.to_owned(),
-        http_address: "127.0.0.1:0".to_owned(),
-        status_interval: "100ms".to_owned(),
+        http_address: "127.0.0.1:0".parse().unwrap(),
+        status_interval: "100ms".parse().unwrap(),
         ..Config::default()
     }
 }
@@ -402,7 +402,7 @@ async fn answers_replay_requests_from_its_history() {
         count: Some(N),
         rate: 0,
         history: 50,
-        linger: "1m".to_owned(),
+        linger: "1m".parse().unwrap(),
         ..config(&nsqd.tcp_address())
     })
     .await

@@ -1,25 +1,24 @@
-//! The worker's command line and configuration.
+//! The worker's command line and settings.
 //!
-//! Every setting is a key of [`Config`]; it comes from a flag, else the environment variable
-//! `WORKER_<KEY>` (upper case; lists comma-separated), else the `--config` TOML file, else
-//! [`Config::default`]. [`Config::validate`] turns the loaded strings into [`Settings`], or a
-//! usage error that names the flag (exit code 2).
+//! Every setting is a field of [`Config`], declared once with its type, help and default; it
+//! comes from a flag, else the environment variable `WORKER_<KEY>` (upper case; lists
+//! comma-separated), else the `--config` TOML file, else its default. A bad value is a usage
+//! error that names the flag (exit code 2); [`Config::check`] adds the rules that involve
+//! several settings.
 
 use std::time::Duration;
 
 use clap::Parser;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use suite_common::{
-    cli::{CommonArgs, CommonCommand, ServiceCli},
-    config::{duration, ConfigError},
-    telemetry::LogFormat,
+    addr::{HostPort, ListenAddr},
+    cli::{CommonArgs, CommonCommand, ConsumerArgs, LogArgs, ServiceCli},
+    config::ConfigError,
+    setting::{message_id, Channel, HumanDuration, Invalid, Parse, Topic},
 };
 
 /// Prefix of the worker's environment variables (`WORKER_TOPIC`, ...).
 pub const ENV_PREFIX: &str = "WORKER";
-
-/// Keys whose environment value is a comma-separated list.
-pub const LIST_KEYS: &[&str] = &["lookupd_http_address", "nsqd_tcp_address"];
 
 /// Default `--http-address`.
 pub const DEFAULT_HTTP_ADDRESS: &str = "127.0.0.1:4191";
@@ -47,18 +46,16 @@ pub struct Cli {
     /// Flags every service has.
     #[command(flatten)]
     pub common: CommonArgs,
-    /// The worker's own flags.
+    /// The worker's settings.
     #[command(flatten)]
-    pub flags: Flags,
+    pub config: Config,
     /// `healthcheck`, or nothing to run the worker.
     #[command(subcommand)]
     pub command: Option<CommonCommand>,
 }
 
 /// What happens to a reading older than `--max-age`.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum StalePolicy {
     /// Finish it without a result; count and log it.
@@ -78,317 +75,142 @@ impl StalePolicy {
     }
 }
 
-/// The worker's own flags: each overrides the configuration key of the same name.
-#[derive(Debug, Default, Clone, clap::Args, Serialize)]
-pub struct Flags {
-    /// Topic to consume [default: sensor_data]
+/// The worker's settings, as parsed and as printed by `--print-config`.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args, Serialize)]
+pub struct Config {
+    /// Topic to consume
+    #[arg(long, value_name = "TOPIC", default_value = messages::SENSOR_DATA_TOPIC)]
+    pub topic: Topic,
+
+    /// Channel to consume on; replicas sharing it share the work
+    #[arg(long, value_name = "CHANNEL", default_value = "worker")]
+    pub channel: Channel,
+
+    /// Where and how to consume.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub consumer: ConsumerArgs<200>,
+
+    /// Topic of the results
+    #[arg(long, value_name = "TOPIC", default_value = messages::RESULTS_TOPIC)]
+    pub destination_topic: Topic,
+
+    /// nsqd TCP address the results (and dead letters) are published to
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:4150")]
+    pub destination_nsqd_tcp_address: HostPort,
+
+    /// Simulated computation time per message, in milliseconds
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub work_ms: u64,
+
+    /// Name of this worker in the results and in nsqadmin (the host name and the process id)
+    #[arg(long, value_name = "ID", default_value_t = default_worker_id(), value_parser = Parse(message_id))]
+    pub worker_id: String,
+
+    /// Deliveries after which a message is dead-lettered; 0 for no limit
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub max_attempts: u16,
+
+    /// Topic of the messages given up on (unset: TOPIC.dead)
     #[arg(long, value_name = "TOPIC")]
-    pub topic: Option<String>,
+    pub dead_letter_topic: Option<Topic>,
 
-    /// Channel to consume on; replicas sharing it share the work [default: worker]
-    #[arg(long, value_name = "CHANNEL")]
-    pub channel: Option<String>,
+    /// Readings older than this (since taken) are stale, e.g. 30s (unset: never)
+    #[arg(long, value_name = "DURATION", value_parser = Parse(max_age))]
+    pub max_age: Option<HumanDuration>,
 
-    /// nsqlookupd HTTP address (host:port or http://host:port) to discover nsqd; repeatable
-    #[arg(long, value_name = "ADDR")]
-    pub lookupd_http_address: Vec<String>,
-
-    /// nsqd TCP address to consume from directly; repeatable
-    #[arg(long, value_name = "HOST:PORT")]
-    pub nsqd_tcp_address: Vec<String>,
-
-    /// How often nsqlookupd is asked for new nsqd [default: 5s]
-    #[arg(long, value_name = "DURATION")]
-    pub lookupd_poll_interval: Option<String>,
-
-    /// Topic of the results [default: results]
-    #[arg(long, value_name = "TOPIC")]
-    pub destination_topic: Option<String>,
-
-    /// nsqd TCP address the results (and dead letters) are published to [default:
-    /// 127.0.0.1:4150]
-    #[arg(long, value_name = "HOST:PORT")]
-    pub destination_nsqd_tcp_address: Option<String>,
-
-    /// Most messages handled at once, over all nsqd [default: 200]
-    #[arg(long, value_name = "N")]
-    pub max_in_flight: Option<u32>,
-
-    /// nsqd's output buffer for this consumer, in bytes: 0 keeps nsqd's default (16 KiB,
-    /// flushed at least every 250 ms: best throughput, but a lone message can wait up to
-    /// 250 ms); 64 makes nsqd write every message at once (lowest latency, more syscalls in
-    /// nsqd); -1 disables the buffer [default: 0]
-    #[arg(long, value_name = "BYTES", allow_hyphen_values = true)]
-    pub output_buffer_size: Option<i64>,
-
-    /// Simulated computation time per message, in milliseconds [default: 0]
-    #[arg(long, value_name = "MS")]
-    pub work_ms: Option<u64>,
-
-    /// Name of this worker in the results and in nsqadmin [default: HOSTNAME-PID]
-    #[arg(long, value_name = "ID")]
-    pub worker_id: Option<String>,
-
-    /// Deliveries after which a message is dead-lettered; 0 for no limit [default: 5]
-    #[arg(long, value_name = "N")]
-    pub max_attempts: Option<u16>,
-
-    /// Topic of the messages given up on [default: TOPIC.dead]
-    #[arg(long, value_name = "TOPIC")]
-    pub dead_letter_topic: Option<String>,
-
-    /// Readings older than this (since taken) are stale, e.g. 30s [default: off]
-    #[arg(long, value_name = "DURATION")]
-    pub max_age: Option<String>,
-
-    /// What happens to stale readings [default: flag]
-    #[arg(long, value_enum, value_name = "POLICY")]
-    pub stale_policy: Option<StalePolicy>,
+    /// What happens to stale readings
+    #[arg(long, value_enum, value_name = "POLICY", default_value_t = StalePolicy::Flag)]
+    pub stale_policy: StalePolicy,
 
     /// Fault injection (tests): every N-th first delivery this worker gets is handled
-    /// --slow-ms slower, e.g. past nsqd's --msg-timeout; 0 turns it off [default: 0]
-    #[arg(long, value_name = "N")]
-    pub slow_every: Option<u64>,
-
-    /// Fault injection (tests): the extra time of a slow message, in milliseconds [default: 0]
-    #[arg(long, value_name = "MS")]
-    pub slow_ms: Option<u64>,
-}
-
-/// The worker's configuration, as loaded and as printed by `--print-config`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    /// Topic consumed.
-    pub topic: String,
-    /// Channel consumed on.
-    pub channel: String,
-    /// nsqlookupd HTTP addresses used to discover nsqd.
-    pub lookupd_http_address: Vec<String>,
-    /// nsqd TCP addresses consumed from directly.
-    pub nsqd_tcp_address: Vec<String>,
-    /// Period of the nsqlookupd queries (a duration such as `5s`).
-    pub lookupd_poll_interval: String,
-    /// Topic the results are published to.
-    pub destination_topic: String,
-    /// nsqd the results and dead letters are published to.
-    pub destination_nsqd_tcp_address: String,
-    /// Most messages in flight.
-    pub max_in_flight: u32,
-    /// nsqd's output buffer for this consumer in bytes (0: nsqd's default).
-    pub output_buffer_size: i64,
-    /// Simulated work per message, in milliseconds.
-    pub work_ms: u64,
-    /// This worker's name.
-    pub worker_id: String,
-    /// Deliveries before a message is dead-lettered (0: no limit).
-    pub max_attempts: u16,
-    /// Dead-letter topic (`None`: the consumed topic + `.dead`).
-    pub dead_letter_topic: Option<String>,
-    /// Age after which a reading is stale (`None`: never).
-    pub max_age: Option<String>,
-    /// What happens to stale readings.
-    pub stale_policy: StalePolicy,
-    /// Fault injection: every N-th first delivery is slow (0: never).
+    /// --slow-ms slower, e.g. past nsqd's --msg-timeout; 0 turns it off
+    #[arg(long, value_name = "N", default_value_t = 0)]
     pub slow_every: u64,
-    /// Fault injection: extra time of a slow message, in milliseconds.
+
+    /// Fault injection (tests): the extra time of a slow message, in milliseconds
+    #[arg(long, value_name = "MS", default_value_t = 0)]
     pub slow_ms: u64,
-    /// Address of the HTTP port.
-    pub http_address: String,
-    /// Log format.
-    pub log_format: LogFormat,
-    /// Log level or filter.
-    pub log_level: String,
+
+    /// Address of the HTTP port (/health, /ready, /metrics)
+    #[arg(long, value_name = "HOST:PORT", global = true, default_value = DEFAULT_HTTP_ADDRESS)]
+    pub http_address: ListenAddr,
+
+    /// Logging.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub log: LogArgs,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        let host = nsq::hostname();
-        let short = host.split('.').next().unwrap_or("worker");
-        Self {
-            topic: messages::SENSOR_DATA_TOPIC.to_owned(),
-            channel: "worker".to_owned(),
-            lookupd_http_address: Vec::new(),
-            nsqd_tcp_address: Vec::new(),
-            lookupd_poll_interval: "5s".to_owned(),
-            destination_topic: messages::RESULTS_TOPIC.to_owned(),
-            destination_nsqd_tcp_address: "127.0.0.1:4150".to_owned(),
-            max_in_flight: 200,
-            output_buffer_size: 0,
-            work_ms: 0,
-            worker_id: format!("{short}-{}", std::process::id()),
-            max_attempts: 5,
-            dead_letter_topic: None,
-            max_age: None,
-            stale_policy: StalePolicy::default(),
-            slow_every: 0,
-            slow_ms: 0,
-            http_address: DEFAULT_HTTP_ADDRESS.to_owned(),
-            log_format: LogFormat::Text,
-            log_level: "info".to_owned(),
-        }
+        suite_common::config::defaults()
     }
 }
 
-/// The validated configuration the worker runs with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settings {
-    /// Topic consumed (a valid NSQ topic name).
-    pub topic: String,
-    /// Channel consumed on (a valid NSQ channel name).
-    pub channel: String,
-    /// nsqlookupd base URLs (`http://host:port`).
-    pub lookupd_http_addresses: Vec<String>,
-    /// nsqd TCP addresses (`host:port`).
-    pub nsqd_tcp_addresses: Vec<String>,
-    /// Period of the nsqlookupd queries.
-    pub lookupd_poll_interval: Duration,
-    /// Topic of the results.
-    pub destination_topic: String,
-    /// nsqd of the results and dead letters (`host:port`).
-    pub destination_nsqd_tcp_address: String,
-    /// Most messages in flight (at least 1).
-    pub max_in_flight: u32,
-    /// nsqd's output buffer for this consumer: `None` keeps nsqd's default.
-    pub output_buffer_size: Option<i64>,
-    /// Simulated work per message.
-    pub work: Duration,
-    /// This worker's name.
-    pub worker_id: String,
-    /// Deliveries before dead-lettering (0: no limit).
-    pub max_attempts: u16,
-    /// Dead-letter topic.
-    pub dead_letter_topic: String,
-    /// Age after which a reading is stale.
-    pub max_age: Option<Duration>,
-    /// What happens to stale readings.
-    pub stale_policy: StalePolicy,
-    /// Fault injection: every N-th first delivery is handled `slow` slower (0: never).
-    pub slow_every: u64,
-    /// Fault injection: the extra time of a slow message.
-    pub slow: Duration,
-    /// HTTP listen address (`host:port`, port 0 allowed).
-    pub http_address: String,
+/// `<short host name>-<pid>`.
+fn default_worker_id() -> String {
+    let host = nsq::hostname();
+    let short = host.split('.').next().unwrap_or("worker");
+    format!("{short}-{}", std::process::id())
+}
+
+/// Parses `--max-age`: a duration, not 0.
+fn max_age(text: &str) -> Result<HumanDuration, Invalid> {
+    HumanDuration::nonzero(text).map_err(|e| match e {
+        Invalid::Value(m) if m == "must not be 0" => {
+            Invalid::Value("must not be 0 (leave it out to turn staleness off)".to_owned())
+        }
+        other => other,
+    })
 }
 
 impl Config {
-    /// Checks every setting, naming the flag of the first bad one.
-    pub fn validate(&self) -> Result<Settings, ConfigError> {
-        use suite_common::addr;
-
-        topic_name("--topic", &self.topic)?;
-        if !nsq::protocol::is_valid_channel_name(&self.channel) {
+    /// Checks the rules that involve several settings, naming the flags.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.consumer.require_source("worker", ENV_PREFIX)?;
+        let dead = self.dead_letter_topic();
+        if !nsq::protocol::is_valid_topic_name(&dead) {
             return Err(ConfigError::value(
-                "--channel",
+                "--dead-letter-topic",
                 format!(
-                    "'{}' is not a valid NSQ channel name (1-64 characters of [.a-zA-Z0-9_-], \
-                     optionally ending in #ephemeral)",
-                    self.channel
+                    "'{dead}' (--topic + {}) is too long for a topic name; set it",
+                    messages::DEAD_LETTER_SUFFIX
                 ),
             ));
         }
-        let lookupd = addr::lookupd_urls("--lookupd-http-address", &self.lookupd_http_address)?;
-        let nsqd = addr::host_ports("--nsqd-tcp-address", &self.nsqd_tcp_address)?;
-        if lookupd.is_empty() && nsqd.is_empty() {
-            return Err(ConfigError::value(
-                "--lookupd-http-address / --nsqd-tcp-address",
-                "none given: the worker needs at least one nsqlookupd or nsqd to consume from \
-                 (or WORKER_LOOKUPD_HTTP_ADDRESS / WORKER_NSQD_TCP_ADDRESS)",
-            ));
-        }
-        let destination = addr::host_port(
-            "--destination-nsqd-tcp-address",
-            &self.destination_nsqd_tcp_address,
-        )?;
-        let http = addr::listen_address("--http-address", &self.http_address)?;
-        topic_name("--destination-topic", &self.destination_topic)?;
-        let dead_letter_topic = self
-            .dead_letter_topic
-            .clone()
-            .unwrap_or_else(|| format!("{}{}", self.topic, messages::DEAD_LETTER_SUFFIX));
-        topic_name("--dead-letter-topic", &dead_letter_topic)?;
-        if self.max_in_flight == 0 {
-            return Err(ConfigError::value("--max-in-flight", "must be at least 1"));
-        }
-        if !matches!(self.output_buffer_size, -1 | 0 | 64..=65_536) {
-            return Err(ConfigError::value(
-                "--output-buffer-size",
-                "must be 0 (nsqd's default), -1 (no buffer) or 64 to 65536 bytes",
-            ));
-        }
-        let worker_id = self.worker_id.trim();
-        if worker_id.is_empty() {
-            return Err(ConfigError::value("--worker-id", "must not be empty"));
-        }
-        let max_age = match &self.max_age {
-            None => None,
-            Some(text) => {
-                let age = duration("--max-age", text)?;
-                if age.is_zero() {
-                    return Err(ConfigError::value(
-                        "--max-age",
-                        "must not be 0 (leave it out to turn staleness off)",
-                    ));
-                }
-                Some(age)
-            }
-        };
-        let lookupd_poll_interval =
-            duration("--lookupd-poll-interval", &self.lookupd_poll_interval)?;
-        if lookupd_poll_interval.is_zero() {
-            return Err(ConfigError::value(
-                "--lookupd-poll-interval",
-                "must not be 0",
-            ));
-        }
-        Ok(Settings {
-            topic: self.topic.clone(),
-            channel: self.channel.clone(),
-            lookupd_http_addresses: lookupd,
-            nsqd_tcp_addresses: nsqd.iter().map(ToString::to_string).collect(),
-            lookupd_poll_interval,
-            destination_topic: self.destination_topic.clone(),
-            destination_nsqd_tcp_address: destination.to_string(),
-            max_in_flight: self.max_in_flight,
-            output_buffer_size: (self.output_buffer_size != 0).then_some(self.output_buffer_size),
-            work: Duration::from_millis(self.work_ms),
-            worker_id: worker_id.to_owned(),
-            max_attempts: self.max_attempts,
-            dead_letter_topic,
-            max_age,
-            stale_policy: self.stale_policy,
-            slow_every: self.slow_every,
-            slow: Duration::from_millis(self.slow_ms),
-            http_address: http.to_string(),
-        })
-    }
-}
-
-/// Checks an NSQ topic name, naming the flag when it is not valid.
-fn topic_name(flag: &str, topic: &str) -> Result<(), ConfigError> {
-    if nsq::protocol::is_valid_topic_name(topic) {
         Ok(())
-    } else {
-        Err(ConfigError::value(
-            flag,
-            format!("'{topic}' is not a valid NSQ topic name (1-64 characters of [.a-zA-Z0-9_-])"),
-        ))
+    }
+
+    /// The dead-letter topic: `--dead-letter-topic`, else the consumed topic + `.dead`.
+    pub fn dead_letter_topic(&self) -> String {
+        match &self.dead_letter_topic {
+            Some(topic) => topic.to_string(),
+            None => format!("{}{}", self.topic, messages::DEAD_LETTER_SUFFIX),
+        }
+    }
+
+    /// Simulated work per message.
+    pub fn work(&self) -> Duration {
+        Duration::from_millis(self.work_ms)
+    }
+
+    /// Fault injection: the extra time of a slow message.
+    pub fn slow(&self) -> Duration {
+        Duration::from_millis(self.slow_ms)
+    }
+
+    /// Age after which a reading is stale (`None`: never).
+    pub fn max_age(&self) -> Option<Duration> {
+        self.max_age.as_ref().map(HumanDuration::get)
     }
 }
 
 impl ServiceCli for Cli {
     const ENV_PREFIX: &'static str = ENV_PREFIX;
-    const LIST_KEYS: &'static [&'static str] = LIST_KEYS;
-    const DEFAULT_HTTP_ADDRESS: &'static str = DEFAULT_HTTP_ADDRESS;
-    type Config = Config;
-    type Flags = Flags;
 
     fn common(&self) -> &CommonArgs {
         &self.common
-    }
-
-    fn flags(&self) -> &Flags {
-        &self.flags
     }
 }
 
@@ -396,13 +218,9 @@ impl ServiceCli for Cli {
 mod tests {
     use std::collections::HashMap;
 
-    use super::*;
+    use suite_common::config::LoadError;
 
-    fn cli(args: &[&str]) -> Cli {
-        let mut all = vec!["worker"];
-        all.extend_from_slice(args);
-        Cli::try_parse_args(all).unwrap()
-    }
+    use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
@@ -411,28 +229,39 @@ mod tests {
             .collect()
     }
 
-    fn settings(args: &[&str]) -> Result<Settings, ConfigError> {
-        cli(args)
-            .load_config_with_env(&env(&[]))
-            .unwrap()
-            .validate()
+    fn load(args: &[&str], e: &[(&str, &str)]) -> Result<Config, String> {
+        let mut all = vec!["worker"];
+        all.extend_from_slice(args);
+        let config = Cli::try_parse_with_env(all, &env(e))
+            .map_err(|e| match e {
+                LoadError::Usage(e) => e.render().to_string(),
+                LoadError::Config(e) => e.to_string(),
+            })?
+            .config;
+        config.check().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    fn settings(args: &[&str]) -> Result<Config, String> {
+        load(args, &[])
     }
 
     #[test]
     fn defaults() {
         let s = settings(&["--nsqd-tcp-address", "127.0.0.1:4150"]).unwrap();
-        assert_eq!(
-            (s.topic.as_str(), s.channel.as_str()),
-            ("sensor_data", "worker")
-        );
-        assert_eq!(s.destination_topic, "results");
-        assert_eq!(s.destination_nsqd_tcp_address, "127.0.0.1:4150");
-        assert_eq!(s.dead_letter_topic, "sensor_data.dead");
-        assert_eq!((s.max_in_flight, s.max_attempts), (200, 5));
-        assert_eq!(s.max_age, None);
+        assert_eq!((&*s.topic, &*s.channel), ("sensor_data", "worker"));
+        assert_eq!(&*s.destination_topic, "results");
+        assert_eq!(s.destination_nsqd_tcp_address.to_string(), "127.0.0.1:4150");
+        assert_eq!(s.dead_letter_topic(), "sensor_data.dead");
+        assert_eq!((s.consumer.max_in_flight, s.max_attempts), (200, 5));
+        assert_eq!(s.max_age(), None);
         assert_eq!(s.stale_policy, StalePolicy::Flag);
-        assert_eq!(s.http_address, DEFAULT_HTTP_ADDRESS);
+        assert_eq!(s.http_address.to_string(), DEFAULT_HTTP_ADDRESS);
         assert!(s.worker_id.ends_with(&format!("-{}", std::process::id())));
+        assert_eq!(
+            s.consumer.lookupd_poll_interval.get(),
+            Duration::from_secs(5)
+        );
     }
 
     #[test]
@@ -445,28 +274,24 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            s.lookupd_http_addresses,
+            s.consumer.lookupd_urls(),
             ["http://l1:4161", "http://l2:4161"]
         );
-        let e = env(&[("WORKER_NSQD_TCP_ADDRESS", "a:4150, b:4150")]);
-        let s = cli(&[])
-            .load_config_with_env(&e)
-            .unwrap()
-            .validate()
-            .unwrap();
-        assert_eq!(s.nsqd_tcp_addresses, ["a:4150", "b:4150"]);
-        let s = cli(&["--nsqd-tcp-address", "c:1"])
-            .load_config_with_env(&e)
-            .unwrap()
-            .validate()
-            .unwrap();
-        assert_eq!(s.nsqd_tcp_addresses, ["c:1"], "flags replace the env list");
+        let e = [("WORKER_NSQD_TCP_ADDRESS", "a:4150, b:4150")];
+        let s = load(&[], &e).unwrap();
+        assert_eq!(s.consumer.nsqd_addresses(), ["a:4150", "b:4150"]);
+        let s = load(&["--nsqd-tcp-address", "c:1"], &e).unwrap();
+        assert_eq!(
+            s.consumer.nsqd_addresses(),
+            ["c:1"],
+            "flags replace the env list"
+        );
     }
 
     #[test]
     fn slow_knob_is_off_by_default() {
         let s = settings(&["--nsqd-tcp-address", "a:1"]).unwrap();
-        assert_eq!((s.slow_every, s.slow), (0, Duration::ZERO));
+        assert_eq!((s.slow_every, s.slow()), (0, Duration::ZERO));
         let s = settings(&[
             "--nsqd-tcp-address",
             "a:1",
@@ -476,12 +301,12 @@ mod tests {
             "1500",
         ])
         .unwrap();
-        assert_eq!((s.slow_every, s.slow), (50, Duration::from_millis(1500)));
+        assert_eq!((s.slow_every, s.slow()), (50, Duration::from_millis(1500)));
     }
 
     #[test]
     fn a_source_is_required() {
-        let err = settings(&[]).unwrap_err().to_string();
+        let err = settings(&[]).unwrap_err();
         assert!(
             err.contains("--lookupd-http-address / --nsqd-tcp-address"),
             "{err}"
@@ -500,13 +325,14 @@ mod tests {
             "drop",
         ])
         .unwrap();
-        assert_eq!(s.max_age, Some(Duration::from_secs(30)));
+        assert_eq!(s.max_age(), Some(Duration::from_secs(30)));
         assert_eq!(s.stale_policy, StalePolicy::Drop);
-        assert!(Cli::try_parse_args(["worker", "--stale-policy", "keep"]).is_err());
+        assert!(settings(&["--nsqd-tcp-address", "a:1", "--stale-policy", "keep"]).is_err());
     }
 
     #[test]
     fn bad_settings_name_the_flag() {
+        let long_topic = "t".repeat(64);
         let cases: &[(&[&str], &str)] = &[
             (
                 &["--nsqd-tcp-address", "nope"],
@@ -521,6 +347,7 @@ mod tests {
                 "`--destination-nsqd-tcp-address`",
             ),
             (&["--topic", "a b"], "invalid `--topic`"),
+            (&["--topic", &long_topic], "invalid `--dead-letter-topic`"),
             (&["--channel", "a/b"], "invalid `--channel`"),
             (
                 &["--destination-topic", ""],
@@ -549,18 +376,39 @@ mod tests {
                 all.clear();
             }
             all.extend_from_slice(args);
-            let err = settings(&all).unwrap_err().to_string();
+            let err = settings(&all).unwrap_err();
             assert!(err.contains(expected), "{args:?}: {err}");
         }
     }
 
     #[test]
-    fn help_names_every_env_var() {
-        let help = Cli::command_with_env().render_help().to_string();
+    fn bad_env_values_name_the_flag_and_the_variable() {
+        let err = load(
+            &[],
+            &[
+                ("WORKER_MAX_IN_FLIGHT", "0"),
+                ("WORKER_NSQD_TCP_ADDRESS", "a:1"),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            "invalid `--max-in-flight`: must be at least 1 \
+             (in environment variable WORKER_MAX_IN_FLIGHT)"
+        );
+    }
+
+    #[test]
+    fn help_names_every_env_var_and_its_real_default() {
+        let command = Cli::command_with_env();
+        let help = command.clone().render_help().to_string();
         let keys = serde_json::to_value(Config::default()).unwrap();
         for key in keys.as_object().unwrap().keys() {
             let var = format!("WORKER_{}", key.to_ascii_uppercase());
             assert!(help.contains(&var), "{var} missing from --help:\n{help}");
         }
+        let mismatches = suite_common::config::help_mismatches(&command, &Config::default());
+        assert!(mismatches.is_empty(), "{mismatches:#?}");
+        assert!(help.contains("[default: 200]"), "{help}");
     }
 }

@@ -28,7 +28,7 @@ use nsq::{Message, Producer};
 use tracing::Instrument as _;
 
 use crate::{
-    config::Settings,
+    config::Config,
     metrics as m,
     process::{self, Verdict},
 };
@@ -72,7 +72,7 @@ pub enum Outcome {
 #[derive(Debug, Clone)]
 pub struct Handler {
     /// The validated configuration.
-    settings: Arc<Settings>,
+    settings: Arc<Config>,
     /// Publishes results and dead letters to `--destination-nsqd-tcp-address`.
     producer: Producer,
     /// The metrics of the common path, looked up once.
@@ -83,7 +83,7 @@ pub struct Handler {
 
 impl Handler {
     /// A handler publishing with `producer`.
-    pub fn new(settings: Arc<Settings>, producer: Producer) -> Self {
+    pub fn new(settings: Arc<Config>, producer: Producer) -> Self {
         let hot = m::Hot::new(
             &settings.topic,
             &settings.channel,
@@ -102,13 +102,13 @@ impl Handler {
     /// delivers it again elsewhere and both deliveries publish a result).
     async fn maybe_slow(&self, msg: &Message) {
         let s = &*self.settings;
-        if s.slow_every == 0 || s.slow.is_zero() || msg.attempts() != 1 {
+        if s.slow_every == 0 || s.slow().is_zero() || msg.attempts() != 1 {
             return;
         }
         let n = self.first_deliveries.fetch_add(1, Ordering::Relaxed) + 1;
         if n % s.slow_every == 0 {
-            tracing::debug!(slow = ?s.slow, "fault injection (--slow-every): handling slowly");
-            tokio::time::sleep(s.slow).await;
+            tracing::debug!(slow = ?s.slow(), "fault injection (--slow-every): handling slowly");
+            tokio::time::sleep(s.slow()).await;
         }
     }
 
@@ -140,12 +140,12 @@ impl Handler {
                 self.hot.finished.increment(1);
                 metrics::counter!(
                     m::DEAD_LETTERED,
-                    "topic" => s.topic.clone(), "channel" => s.channel.clone(), "reason" => reason.as_str()
+                    "topic" => s.topic.to_string(), "channel" => s.channel.to_string(), "reason" => reason.as_str()
                 )
                 .increment(1);
             }
             Outcome::Requeued => {
-                metrics::counter!(m::REQUEUED, "topic" => s.topic.clone(), "channel" => s.channel.clone())
+                metrics::counter!(m::REQUEUED, "topic" => s.topic.to_string(), "channel" => s.channel.to_string())
                     .increment(1)
             }
         }
@@ -181,7 +181,7 @@ impl Handler {
         let reading = match decoded {
             Ok(reading) => reading,
             Err(e) => {
-                metrics::counter!(m::DECODE_ERRORS, "topic" => s.topic.clone(), "channel" => s.channel.clone())
+                metrics::counter!(m::DECODE_ERRORS, "topic" => s.topic.to_string(), "channel" => s.channel.to_string())
                     .increment(1);
                 tracing::error!(
                     id = msg.id(),
@@ -198,28 +198,28 @@ impl Handler {
         };
 
         self.maybe_slow(&msg).await;
-        if !s.work.is_zero() {
-            tokio::time::sleep(s.work).await;
+        if !s.work().is_zero() {
+            tokio::time::sleep(s.work()).await;
         }
 
         let verdict = process::compute(
             reading,
             &s.worker_id,
             suite_common::unix_nanos(),
-            s.max_age,
+            s.max_age(),
             s.stale_policy,
         );
         let result = match verdict {
             Verdict::DropStale { age } => {
                 metrics::counter!(
                     m::STALE,
-                    "topic" => s.topic.clone(), "channel" => s.channel.clone(), "policy" => "drop"
+                    "topic" => s.topic.to_string(), "channel" => s.channel.to_string(), "policy" => "drop"
                 )
                 .increment(1);
                 tracing::warn!(
                     id = msg.id(),
                     age = ?age,
-                    max_age = ?s.max_age,
+                    max_age = ?s.max_age(),
                     "stale reading dropped (--stale-policy drop): finished without a result"
                 );
                 msg.finish();
@@ -230,7 +230,7 @@ impl Handler {
         if result.stale {
             metrics::counter!(
                 m::STALE,
-                "topic" => s.topic.clone(), "channel" => s.channel.clone(), "policy" => "flag"
+                "topic" => s.topic.to_string(), "channel" => s.channel.to_string(), "policy" => "flag"
             )
             .increment(1);
             tracing::debug!(seq = result.seq, "stale reading processed and flagged");
@@ -286,19 +286,18 @@ impl Handler {
         let published = match letter.encode() {
             Ok(body) => self
                 .producer
-                .publish(&s.dead_letter_topic, body)
+                .publish(&s.dead_letter_topic(), body)
                 .await
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         match published {
             Ok(()) => {
-                metrics::counter!(m::PUBLISHED, "topic" => s.dead_letter_topic.clone())
-                    .increment(1);
+                metrics::counter!(m::PUBLISHED, "topic" => s.dead_letter_topic()).increment(1);
                 tracing::warn!(
                     id = msg.id(),
                     reason = reason.as_str(),
-                    dead_letter_topic = %s.dead_letter_topic,
+                    dead_letter_topic = %s.dead_letter_topic(),
                     error = %letter.error,
                     "message dead-lettered and finished"
                 );
@@ -306,7 +305,7 @@ impl Handler {
                 Outcome::DeadLettered(reason)
             }
             Err(e) => {
-                self.publish_failed(&s.dead_letter_topic, "transient");
+                self.publish_failed(&s.dead_letter_topic(), "transient");
                 let delay = process::requeue_delay(msg.attempts());
                 tracing::warn!(
                     id = msg.id(), error = %e, retry_in = ?delay,

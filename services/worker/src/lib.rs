@@ -30,8 +30,8 @@
 //!
 //! # Modules
 //!
-//! * [`config`]: flags, environment and file ([`Cli`], [`Config`]), validated into
-//!   [`Settings`](config::Settings);
+//! * [`config`]: the settings ([`Config`], one typed field each) and the command line
+//!   ([`Cli`]), filled from flags, environment and file;
 //! * [`startup`]: [`Application::build`] and [`Application::run_until_stopped`];
 //! * [`handler`]: what happens to one message;
 //! * [`process`]: the computation and envelopes, free of I/O;
@@ -41,11 +41,11 @@
 //!
 //! ```no_run
 //! # async fn example() -> anyhow::Result<()> {
-//! let config = worker::Config {
-//!     nsqd_tcp_address: vec!["127.0.0.1:4150".into()],
-//!     http_address: "127.0.0.1:0".into(),
+//! let mut config = worker::Config {
+//!     http_address: "127.0.0.1:0".parse()?,
 //!     ..worker::Config::default()
 //! };
+//! config.consumer.nsqd_tcp_address = vec!["127.0.0.1:4150".parse()?];
 //! let app = worker::Application::build(config).await?;
 //! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
 //! let run = tokio::spawn(app.run_until_stopped(async move { let _ = stopped.await; }));

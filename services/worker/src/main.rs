@@ -7,20 +7,22 @@ use suite_common::{cli::CommonCommand, shutdown::CancellationToken};
 use worker::{Application, Cli};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse_args();
-    suite_common::exit::finish(run(cli))
+    // A bad flag exits 2 in parse_args (clap); a bad variable or file is an error, also 2.
+    suite_common::exit::finish(Cli::parse_args().map_err(Into::into).and_then(run))
 }
 
-/// Loads the configuration, then prints it, probes, or runs the service until a signal.
+/// Prints the configuration, probes, or runs the service until a signal.
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = cli.load_config()?;
+    let config = cli.config;
     if cli.common.print_config {
         return Ok(suite_common::config::print_config(&config)?);
     }
     if let Some(CommonCommand::Healthcheck) = cli.command {
-        return Ok(suite_common::healthcheck::probe(&config.http_address)?);
+        return Ok(suite_common::healthcheck::probe(
+            &config.http_address.to_string(),
+        )?);
     }
-    suite_common::telemetry::init(config.log_format, &config.log_level)?;
+    suite_common::telemetry::init(config.log.log_format, &config.log.log_level)?;
     let runtime = suite_common::shutdown::runtime()?;
     runtime.block_on(async {
         let app = Application::build(config).await?;

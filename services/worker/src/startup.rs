@@ -18,11 +18,7 @@ use suite_common::{
 };
 use tokio::task::JoinSet;
 
-use crate::{
-    config::{Config, Settings},
-    handler::Handler,
-    metrics as m,
-};
+use crate::{config::Config, handler::Handler, metrics as m};
 
 /// Name of the service, in `/health`, in the metrics' `service` label and in nsqadmin.
 pub const SERVICE: &str = "worker";
@@ -36,7 +32,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A built worker, ready to run.
 pub struct Application {
     /// The validated configuration.
-    settings: Arc<Settings>,
+    settings: Arc<Config>,
     /// Publishes results and dead letters (already connecting).
     producer: Producer,
     /// What `/ready` reports: ready while consuming from at least one nsqd and the producer
@@ -63,10 +59,11 @@ impl Application {
     /// Must be called inside a tokio runtime. Fails with a usage error for a bad setting, or
     /// when the HTTP port cannot be bound or the metrics recorder installed.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let settings = Arc::new(config.validate()?);
+        config.check()?;
+        let settings = Arc::new(config);
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
-            config = %suite_common::config::to_one_line(&config)?,
+            config = %suite_common::config::to_one_line(&*settings)?,
             "starting worker"
         );
         let metrics = http::install_metrics(SERVICE, &settings.worker_id)?;
@@ -77,7 +74,7 @@ impl Application {
             &settings.destination_topic,
         );
         let producer = Producer::connect(
-            &settings.destination_nsqd_tcp_address,
+            &settings.destination_nsqd_tcp_address.to_string(),
             ProducerConfig {
                 connection: connection_config(&settings.worker_id),
                 ..ProducerConfig::default()
@@ -91,7 +88,7 @@ impl Application {
             readiness.clone(),
             metrics,
         ));
-        let http = HttpServer::bind(&settings.http_address).await?;
+        let http = HttpServer::bind(&settings.http_address.to_string()).await?;
         tracing::info!(
             http_address = %http.local_addr(),
             worker_id = %settings.worker_id,
@@ -135,13 +132,13 @@ impl Application {
             &s.channel,
             ConsumerConfig {
                 connection: ConnectionConfig {
-                    output_buffer_size: s.output_buffer_size,
+                    output_buffer_size: s.consumer.output_buffer_size(),
                     ..connection_config(&s.worker_id)
                 },
-                nsqd_tcp_addresses: s.nsqd_tcp_addresses.clone(),
-                lookupd_http_addresses: s.lookupd_http_addresses.clone(),
-                lookupd_poll_interval: s.lookupd_poll_interval,
-                max_in_flight: s.max_in_flight,
+                nsqd_tcp_addresses: s.consumer.nsqd_addresses(),
+                lookupd_http_addresses: s.consumer.lookupd_urls(),
+                lookupd_poll_interval: s.consumer.lookupd_poll_interval.get(),
+                max_in_flight: s.consumer.max_in_flight,
                 max_attempts: s.max_attempts,
                 ..ConsumerConfig::default()
             },
@@ -231,7 +228,7 @@ fn connection_config(worker_id: &str) -> ConnectionConfig {
 }
 
 /// Refreshes the connection and in-flight gauges and `/ready`, every [`SAMPLE_INTERVAL`].
-async fn sample(consumer: Consumer, producer: Producer, readiness: Readiness, s: Arc<Settings>) {
+async fn sample(consumer: Consumer, producer: Producer, readiness: Readiness, s: Arc<Config>) {
     let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut known = BTreeSet::new();
@@ -248,10 +245,10 @@ async fn sample(consumer: Consumer, producer: Producer, readiness: Readiness, s:
         );
         metrics::gauge!(
             m::CONNECTIONS,
-            "role" => "producer", "nsqd" => s.destination_nsqd_tcp_address.clone()
+            "role" => "producer", "nsqd" => s.destination_nsqd_tcp_address.to_string()
         )
         .set(if producer_up { 1.0 } else { 0.0 });
-        metrics::gauge!(m::IN_FLIGHT, "topic" => s.topic.clone(), "channel" => s.channel.clone())
+        metrics::gauge!(m::IN_FLIGHT, "topic" => s.topic.to_string(), "channel" => s.channel.to_string())
             .set(f64::from(stats.in_flight()));
         if connections == 0 {
             readiness.set_not_ready(format!(

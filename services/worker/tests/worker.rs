@@ -25,13 +25,14 @@ fn init_logs() {
 }
 
 fn config(nsqd: &Nsqd) -> Config {
-    Config {
-        nsqd_tcp_address: vec![nsqd.tcp_address()],
-        destination_nsqd_tcp_address: nsqd.tcp_address(),
+    let mut config = Config {
+        destination_nsqd_tcp_address: nsqd.tcp_address().parse().unwrap(),
         worker_id: WORKER_ID.to_owned(),
-        http_address: "127.0.0.1:0".to_owned(),
+        http_address: "127.0.0.1:0".parse().unwrap(),
         ..Config::default()
-    }
+    };
+    config.consumer.nsqd_tcp_address = vec![nsqd.tcp_address().parse().unwrap()];
+    config
 }
 
 async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
@@ -142,10 +143,13 @@ async fn readings_become_results_and_garbage_is_dead_lettered() {
         .await
         .unwrap();
 
-    let (base, stop, run) = spawn_worker(Config {
-        max_in_flight: 50,
-        max_age: Some("10m".to_owned()),
-        ..config(&nsqd)
+    let (base, stop, run) = spawn_worker({
+        let mut config = Config {
+            max_age: Some("10m".parse().unwrap()),
+            ..config(&nsqd)
+        };
+        config.consumer.max_in_flight = 50;
+        config
     })
     .await;
 
@@ -310,10 +314,13 @@ async fn stops_cleanly_while_busy() {
     producer.multi_publish("sensor_data", bodies).await.unwrap();
 
     // 20 ms of work each, 20 at a time: about 200 ms of work in total.
-    let (_base, stop, run) = spawn_worker(Config {
-        max_in_flight: 20,
-        work_ms: 20,
-        ..config(&nsqd)
+    let (_base, stop, run) = spawn_worker({
+        let mut config = Config {
+            work_ms: 20,
+            ..config(&nsqd)
+        };
+        config.consumer.max_in_flight = 20;
+        config
     })
     .await;
     wait_until("some results", Duration::from_secs(10), || async {
