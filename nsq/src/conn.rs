@@ -361,7 +361,7 @@ pub(crate) fn host_of(addr: &str) -> &str {
 }
 
 #[cfg(test)]
-mod tests {
+mod props {
     use std::future::Future;
     use std::task::Waker;
 
