@@ -98,6 +98,36 @@ pub const MAX_ID_BYTES: usize = 256;
 /// a 2 MiB thread in debug builds on hostile input.
 const MAX_DEPTH: usize = 32;
 
+/// Deserializes a `Vec` whose capacity grows with the elements actually read.
+///
+/// serde's own `Vec` reserves for the length the header announces (up to 1 MiB), so a
+/// 5-byte `values` field (`0xdd ff ff ff ff`) would cost 1 MiB per message.
+fn bounded_vec<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Elements<T>(std::marker::PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Elements<T> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a sequence")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(element) = seq.next_element()? {
+                out.push(element);
+            }
+            Ok(out)
+        }
+    }
+
+    deserializer.deserialize_seq(Elements(std::marker::PhantomData))
+}
+
 /// Errors of the codec.
 ///
 /// A decode error means the bytes are not the expected message: callers dead-letter such
@@ -233,6 +263,7 @@ pub struct SensorReading {
     /// When the reading was taken, in nanoseconds since the Unix epoch (drives staleness).
     pub taken_at: u64,
     /// The measured values.
+    #[serde(deserialize_with = "bounded_vec")]
     pub values: Vec<u32>,
 }
 
@@ -250,8 +281,10 @@ pub struct WorkResult {
     /// `taken_at` of the reading (Unix nanoseconds), kept to measure end-to-end latency.
     pub taken_at: u64,
     /// The reading's values, copied so that the result stands on its own.
+    #[serde(deserialize_with = "bounded_vec")]
     pub values: Vec<u32>,
     /// The square of each value, in the same order.
+    #[serde(deserialize_with = "bounded_vec")]
     pub squares: Vec<u64>,
     /// Which worker instance computed the result (for tracing a message through replicas).
     pub worker_id: String,

@@ -359,3 +359,181 @@ pub(crate) fn host_of(addr: &str) -> &str {
     };
     host.trim_start_matches('[').trim_end_matches(']')
 }
+
+#[cfg(test)]
+mod props {
+    use std::future::Future;
+    use std::task::Waker;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::protocol::tests::props::{config, model, stream};
+    use crate::test_alloc::peak_during;
+
+    /// An in-memory stream that hands out at most `chunk` bytes per read, as TCP may.
+    struct Chunked {
+        data: Vec<u8>,
+        at: usize,
+        chunk: usize,
+    }
+
+    impl AsyncRead for Chunked {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            let n = this
+                .chunk
+                .min(buf.remaining())
+                .min(this.data.len() - this.at);
+            buf.put_slice(&this.data[this.at..this.at + n]);
+            this.at += n;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Polls `fut` once: the readers here never wait, so it is ready at once.
+    fn now<F: Future>(fut: F) -> F::Output {
+        let mut fut = std::pin::pin!(fut);
+        match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(out) => out,
+            Poll::Pending => panic!("an in-memory read waited"),
+        }
+    }
+
+    /// Reads frames until the end or an error: the frames, and how it ended.
+    fn read_all(reader: &mut FrameReader<Chunked>) -> (Vec<Frame>, Result<(), ReadError>) {
+        let mut frames = Vec::new();
+        loop {
+            match now(reader.next()) {
+                Ok(Some(f)) => frames.push(f),
+                Ok(None) => return (frames, Ok(())),
+                Err(e) => return (frames, Err(e)),
+            }
+        }
+    }
+
+    /// What a `FrameReader` may hold for `len` bytes received: its 64 KiB start buffer, one
+    /// more 64 KiB step, and twice what arrived (the buffer grows by doubling), plus the
+    /// decoded frames' list and an error message (`4 KiB` is far above both for these sizes).
+    fn reader_bound(len: usize) -> usize {
+        2 * 64 * 1024 + 2 * len + 2 * (len / 8 + 1) * std::mem::size_of::<Frame>() + 4096
+    }
+
+    proptest! {
+        #![proptest_config(config(1))]
+
+        /// Frames read off a stream arriving in any chunk size are the frames sent; a stream
+        /// cut in the middle of a frame is an `UnexpectedEof` error, cut between frames a
+        /// clean end.
+        #[test]
+        fn reader_round_trips_and_reports_torn_frames(
+            frames in proptest::collection::vec(model(300), 0..6),
+            chunk in 1usize..100,
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let bytes = stream(&frames);
+            let cut = cut.index(bytes.len() + 1);
+            let mut ends = vec![0];
+            let mut end = 0;
+            for f in &frames {
+                let mut one = Vec::new();
+                f.encode(&mut one);
+                end += one.len();
+                ends.push(end);
+            }
+            let mut reader = FrameReader::new(Chunked { data: bytes[..cut].to_vec(), at: 0, chunk });
+            let (got, end) = read_all(&mut reader);
+            let complete = ends.iter().filter(|e| **e <= cut).count() - 1;
+            prop_assert_eq!(got.len(), complete);
+            for (model, frame) in frames.iter().zip(&got) {
+                prop_assert!(model.matches(frame), "{model:?} != {frame:?}");
+            }
+            if ends.contains(&cut) {
+                prop_assert!(end.is_ok(), "{end:?}");
+            } else {
+                prop_assert!(
+                    matches!(&end, Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof),
+                    "{end:?}"
+                );
+            }
+        }
+
+        /// Arbitrary bytes, and headers announcing huge frames with little behind them,
+        /// never panic the reader, and it holds no more than `reader_bound`.
+        #[test]
+        fn reader_allocates_what_arrives_not_what_is_announced(
+            size in prop_oneof![any::<u32>(), (crate::protocol::MAX_FRAME_SIZE as u32 - 64)..=crate::protocol::MAX_FRAME_SIZE as u32],
+            tail in proptest::collection::vec(any::<u8>(), 0..4096),
+            chunk in 1usize..5000,
+        ) {
+            let mut bytes = size.to_be_bytes().to_vec();
+            bytes.extend_from_slice(&tail);
+            let len = bytes.len();
+            let ((frames, _end), peak) = peak_during(|| {
+                let mut reader = FrameReader::new(Chunked { data: bytes, at: 0, chunk });
+                read_all(&mut reader)
+            });
+            prop_assert!(frames.len() <= len / 8);
+            prop_assert!(peak <= reader_bound(len), "peak {peak} for {len} bytes");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(8))]
+
+        /// One big frame trickling in: the buffer grows with what arrived (doubling), so
+        /// the peak stays within `reader_bound` of the frame's real size.
+        #[test]
+        fn a_big_frame_costs_its_size(
+            len in 0usize..400_000,
+            chunk in 1000usize..20_000,
+        ) {
+            let mut bytes = Vec::with_capacity(len + 8);
+            bytes.extend_from_slice(&(4 + len as u32).to_be_bytes());
+            bytes.extend_from_slice(&protocol::FRAME_RESPONSE.to_be_bytes());
+            bytes.resize(len + 8, b'x');
+            let total = bytes.len();
+            let ((frames, end), peak) = peak_during(|| {
+                let mut reader = FrameReader::new(Chunked { data: bytes, at: 0, chunk });
+                read_all(&mut reader)
+            });
+            prop_assert!(end.is_ok(), "{end:?}");
+            prop_assert!(matches!(&frames[..], [Frame::Response(r)] if r.len() == len));
+            prop_assert!(peak <= reader_bound(total), "peak {peak} for {total} bytes");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(2))]
+
+        /// Whatever nsqd (or an impostor on its port) answers to IDENTIFY, the handshake
+        /// returns the response or an error; it never panics.
+        #[test]
+        fn handshake_answers_never_panic(
+            frames in proptest::collection::vec(model(64), 0..3),
+            garbage in proptest::collection::vec(any::<u8>(), 0..64),
+            chunk in 1usize..64,
+        ) {
+            let mut bytes = stream(&frames);
+            bytes.extend_from_slice(&garbage);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let mut reader = FrameReader::new(Chunked { data: bytes, at: 0, chunk });
+            let result = rt.block_on(handshake_response(
+                "127.0.0.1:4150",
+                "IDENTIFY",
+                Duration::from_secs(5),
+                &mut reader,
+            ));
+            if let Ok(resp) = result {
+                prop_assert!(resp.as_ref() != protocol::HEARTBEAT);
+            }
+        }
+    }
+}

@@ -33,6 +33,8 @@ mod events;
 mod message;
 mod producer;
 pub mod protocol;
+#[cfg(test)]
+mod test_alloc;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 

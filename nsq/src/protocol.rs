@@ -106,7 +106,9 @@ pub fn decode_frame(buf: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> 
         )));
     }
     if buf.len() < 4 + size {
-        buf.reserve(4 + size - buf.len());
+        // No `reserve(size)` here: the size is only announced, and reserving it would let
+        // 8 bytes claim up to MAX_FRAME_SIZE of memory. The reader grows the buffer as the
+        // bytes actually arrive.
         return Ok(None);
     }
     buf.advance(4);
@@ -328,7 +330,7 @@ pub struct AuthResponse {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn frame(frame_type: u32, data: &[u8]) -> BytesMut {
@@ -448,6 +450,280 @@ mod tests {
             "a:b",
         ] {
             assert!(!is_valid_topic_name(bad), "{bad}");
+        }
+    }
+
+    /// Property tests: arbitrary and near-valid bytes from nsqd (or from whatever answers on
+    /// its port) never panic the decoder and never cost memory the bytes do not justify.
+    /// `PROPTEST_CASES` scales every property (README, "Test it").
+    pub(crate) mod props {
+        use super::*;
+        use crate::test_alloc::peak_during;
+        use proptest::prelude::*;
+
+        /// The default case count (256, or `PROPTEST_CASES`) divided by `div`, for the
+        /// properties whose cases cost more.
+        pub(crate) fn config(div: u32) -> ProptestConfig {
+            let base = ProptestConfig::default();
+            ProptestConfig {
+                cases: (base.cases / div).max(1),
+                ..base
+            }
+        }
+
+        /// What a test means to send: a frame before encoding.
+        #[derive(Debug, Clone, PartialEq)]
+        pub(crate) enum Model {
+            Response(Vec<u8>),
+            Error(Vec<u8>),
+            Message {
+                timestamp: i64,
+                attempts: u16,
+                id: [u8; MSG_ID_LEN],
+                body: Vec<u8>,
+            },
+        }
+
+        impl Model {
+            pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+                let (frame_type, data) = match self {
+                    Model::Response(d) => (FRAME_RESPONSE, d.clone()),
+                    Model::Error(d) => (FRAME_ERROR, d.clone()),
+                    Model::Message {
+                        timestamp,
+                        attempts,
+                        id,
+                        body,
+                    } => {
+                        let mut d = Vec::new();
+                        d.extend_from_slice(&timestamp.to_be_bytes());
+                        d.extend_from_slice(&attempts.to_be_bytes());
+                        d.extend_from_slice(id);
+                        d.extend_from_slice(body);
+                        (FRAME_MESSAGE, d)
+                    }
+                };
+                out.extend_from_slice(&(4 + data.len() as u32).to_be_bytes());
+                out.extend_from_slice(&frame_type.to_be_bytes());
+                out.extend_from_slice(&data);
+            }
+
+            pub(crate) fn matches(&self, frame: &Frame) -> bool {
+                match (self, frame) {
+                    (Model::Response(d), Frame::Response(r)) => d[..] == r[..],
+                    (Model::Error(d), Frame::Error(e)) => d[..] == e[..],
+                    (
+                        Model::Message {
+                            timestamp,
+                            attempts,
+                            id,
+                            body,
+                        },
+                        Frame::Message(m),
+                    ) => {
+                        *timestamp == m.timestamp
+                            && *attempts == m.attempts
+                            && *id == m.id.0
+                            && body[..] == m.body[..]
+                    }
+                    _ => false,
+                }
+            }
+        }
+
+        pub(crate) fn model(max_body: usize) -> impl Strategy<Value = Model> {
+            let body = proptest::collection::vec(any::<u8>(), 0..max_body);
+            prop_oneof![
+                body.clone().prop_map(Model::Response),
+                body.clone().prop_map(Model::Error),
+                (any::<i64>(), any::<u16>(), any::<[u8; MSG_ID_LEN]>(), body).prop_map(
+                    |(timestamp, attempts, id, body)| Model::Message {
+                        timestamp,
+                        attempts,
+                        id,
+                        body
+                    }
+                ),
+            ]
+        }
+
+        pub(crate) fn stream(frames: &[Model]) -> Vec<u8> {
+            let mut out = Vec::new();
+            for f in frames {
+                f.encode(&mut out);
+            }
+            out
+        }
+
+        /// Decodes every complete frame of `buf`; stops at the first error.
+        fn drain(buf: &mut BytesMut) -> (Vec<Frame>, Option<ProtocolError>) {
+            let mut frames = Vec::new();
+            loop {
+                match decode_frame(buf) {
+                    Ok(Some(f)) => frames.push(f),
+                    Ok(None) => return (frames, None),
+                    Err(e) => return (frames, Some(e)),
+                }
+            }
+        }
+
+        /// Bytes a decoded frame holds (its data; header bytes are not in a `Frame`).
+        fn data_len(f: &Frame) -> usize {
+            match f {
+                Frame::Response(b) | Frame::Error(b) => b.len(),
+                Frame::Message(m) => m.body.len() + MESSAGE_HEADER_LEN,
+            }
+        }
+
+        /// Memory one `drain` may take besides the input it was given: a `Vec<Frame>` of at
+        /// most `len / 8` frames (a frame is at least 8 bytes on the wire) that doubles as
+        /// it grows, and a constant for the shared-buffer header `split_to` creates and an
+        /// error message (well under 1 KiB; 4 KiB leaves a wide margin). Decoding itself
+        /// never copies data: frames share the input buffer.
+        fn drain_bound(len: usize) -> usize {
+            2 * (len / 8 + 1) * std::mem::size_of::<Frame>() + 4096
+        }
+
+        proptest! {
+            #![proptest_config(config(1))]
+
+            /// Any valid frame stream, cut into any chunks as TCP may deliver it, decodes to
+            /// exactly the frames that were sent, and nothing is left over.
+            #[test]
+            fn frames_round_trip_through_any_chunking(
+                frames in proptest::collection::vec(model(300), 0..8),
+                chunks in proptest::collection::vec(1usize..64, 1..16),
+            ) {
+                let bytes = stream(&frames);
+                let mut buf = BytesMut::new();
+                let mut got = Vec::new();
+                let (mut at, mut k) = (0, 0);
+                while at < bytes.len() {
+                    let n = chunks[k % chunks.len()].min(bytes.len() - at);
+                    buf.extend_from_slice(&bytes[at..at + n]);
+                    at += n;
+                    k += 1;
+                    let (decoded, err) = drain(&mut buf);
+                    prop_assert!(err.is_none(), "{err:?}");
+                    got.extend(decoded);
+                }
+                prop_assert_eq!(got.len(), frames.len());
+                for (model, frame) in frames.iter().zip(&got) {
+                    prop_assert!(model.matches(frame), "{model:?} != {frame:?}");
+                }
+                prop_assert!(buf.is_empty());
+            }
+
+            /// Arbitrary bytes give frames, "need more" or an error, never a panic, and the
+            /// decoder allocates no more than `drain_bound` (it never copies the data).
+            #[test]
+            fn arbitrary_bytes_never_panic_nor_overallocate(
+                bytes in proptest::collection::vec(any::<u8>(), 0..2048),
+            ) {
+                let mut buf = BytesMut::from(&bytes[..]);
+                let ((frames, _err), peak) = peak_during(|| drain(&mut buf));
+                let used: usize = frames.iter().map(|f| data_len(f) + 8).sum();
+                prop_assert!(used + buf.len() <= bytes.len());
+                prop_assert!(peak <= drain_bound(bytes.len()), "peak {peak} for {} bytes", bytes.len());
+            }
+
+            /// A header announcing a frame larger than what follows is "need more bytes"
+            /// (or an error past MAX_FRAME_SIZE), and reserves nothing for the announced size.
+            #[test]
+            fn announced_sizes_are_not_reserved(
+                size in any::<u32>(),
+                frame_type in prop_oneof![Just(FRAME_RESPONSE), Just(FRAME_ERROR), Just(FRAME_MESSAGE), any::<u32>()],
+                data in proptest::collection::vec(any::<u8>(), 0..64),
+            ) {
+                let size = size.max(4 + data.len() as u32 + 1);
+                let mut buf = BytesMut::new();
+                buf.put_u32(size);
+                buf.put_u32(frame_type);
+                buf.put_slice(&data);
+                let before = buf.capacity();
+                let (result, peak) = peak_during(|| decode_frame(&mut buf));
+                if size as usize > MAX_FRAME_SIZE {
+                    prop_assert!(matches!(result, Err(ProtocolError::Malformed(_))), "{result:?}");
+                } else {
+                    prop_assert!(matches!(result, Ok(None)), "{result:?}");
+                }
+                // Only an error message may be allocated; the buffer did not grow.
+                prop_assert!(peak <= 1024, "peak {peak} for a {size}-byte announcement");
+                prop_assert_eq!(buf.capacity(), before);
+            }
+
+            /// A valid stream with some bytes overwritten never panics, and what decodes
+            /// fits in the input.
+            #[test]
+            fn mutated_streams_never_panic(
+                frames in proptest::collection::vec(model(64), 1..6),
+                mutations in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+            ) {
+                let mut bytes = stream(&frames);
+                for (i, b) in &mutations {
+                    let i = i.index(bytes.len());
+                    bytes[i] = *b;
+                }
+                let mut buf = BytesMut::from(&bytes[..]);
+                let ((frames, _err), peak) = peak_during(|| drain(&mut buf));
+                let used: usize = frames.iter().map(|f| data_len(f) + 8).sum();
+                prop_assert!(used + buf.len() <= bytes.len());
+                prop_assert!(peak <= drain_bound(bytes.len()), "peak {peak} for {} bytes", bytes.len());
+            }
+        }
+
+        proptest! {
+            #![proptest_config(config(4))]
+
+            /// A valid stream cut at every length decodes to exactly the frames that are
+            /// complete in the prefix, then waits for more; never an error.
+            #[test]
+            fn truncated_at_every_length(frames in proptest::collection::vec(model(40), 1..5)) {
+                let bytes = stream(&frames);
+                let mut ends = Vec::new();
+                let mut end = 0;
+                for f in &frames {
+                    let mut one = Vec::new();
+                    f.encode(&mut one);
+                    end += one.len();
+                    ends.push(end);
+                }
+                for cut in 0..=bytes.len() {
+                    let mut buf = BytesMut::from(&bytes[..cut]);
+                    let (got, err) = drain(&mut buf);
+                    prop_assert!(err.is_none(), "cut {cut}: {err:?}");
+                    let complete = ends.iter().filter(|e| **e <= cut).count();
+                    prop_assert_eq!(got.len(), complete, "cut {}", cut);
+                    for (model, frame) in frames.iter().zip(&got) {
+                        prop_assert!(model.matches(frame));
+                    }
+                    prop_assert_eq!(buf.len(), cut - ends[..complete].last().copied().unwrap_or(0));
+                }
+            }
+        }
+
+        proptest! {
+            /// nsqd's JSON answers (IDENTIFY, AUTH) decode or fail cleanly on any bytes.
+            #[test]
+            fn handshake_json_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let _ = serde_json::from_slice::<IdentifyResponse>(&bytes);
+                let _ = serde_json::from_slice::<AuthResponse>(&bytes);
+            }
+
+            /// A real IDENTIFY answer with bytes overwritten or cut decodes or fails cleanly.
+            #[test]
+            fn mutated_identify_answers_never_panic(
+                cut in any::<prop::sample::Index>(),
+                mutations in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+            ) {
+                let mut json = br#"{"max_rdy_count":2500,"version":"1.3.0","max_msg_timeout":900000,"msg_timeout":60000,"tls_v1":false,"deflate":false,"snappy":false,"sample_rate":0,"auth_required":false,"output_buffer_size":16384,"output_buffer_timeout":250}"#.to_vec();
+                for (i, b) in &mutations {
+                    let i = i.index(json.len());
+                    json[i] = *b;
+                }
+                json.truncate(cut.index(json.len() + 1));
+                let _ = serde_json::from_slice::<IdentifyResponse>(&json);
+            }
         }
     }
 }

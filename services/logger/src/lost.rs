@@ -227,4 +227,115 @@ mod tests {
         list.append(&[LossRecord::new(&loss(1, 1), 1)]).unwrap();
         assert_eq!(list.describe(), "none");
     }
+
+    /// Property tests of the loss list's start-up recovery, as for the output: complete
+    /// records kept, a torn tail cut, idempotent, and garbage refused without touching the
+    /// file. `PROPTEST_CASES` scales them; real files, hence a quarter of the default count.
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn config() -> ProptestConfig {
+            let base = ProptestConfig::default();
+            ProptestConfig {
+                cases: (base.cases / 4).max(1),
+                ..base
+            }
+        }
+
+        prop_compose! {
+            fn record()(
+                sensor_id in prop_oneof![any::<String>(), "[a-z0-9-]{1,8}"],
+                epoch in any::<u64>(), from_seq in any::<u64>(), to_seq in any::<u64>(),
+                count in any::<u64>(),
+                reason in prop_oneof![
+                    Just(LossReason::Unavailable),
+                    Just(LossReason::Unanswered),
+                    Just(LossReason::Recovered),
+                ],
+                at in any::<u64>(),
+            ) -> LossRecord {
+                LossRecord { sensor_id, epoch, from_seq, to_seq, count, reason, at }
+            }
+        }
+
+        fn text_of(records: &[LossRecord]) -> Vec<u8> {
+            let mut out = Vec::new();
+            for r in records {
+                serde_json::to_writer(&mut out, r).expect("a LossRecord serializes");
+                out.push(b'\n');
+            }
+            out
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            /// Records then a torn last line: the records come back equal, the tail is cut,
+            /// and a second open reads the same records from the same bytes.
+            #[test]
+            fn a_torn_tail_is_cut_and_recovery_is_idempotent(
+                records in proptest::collection::vec(record(), 0..6),
+                tail in prop_oneof![
+                    proptest::collection::vec(any::<u8>().prop_filter("no newline", |b| *b != b'\n'), 0..200),
+                    (record(), any::<prop::sample::Index>()).prop_map(|(r, cut)| {
+                        let mut t = serde_json::to_vec(&r).expect("a LossRecord serializes");
+                        t.truncate(cut.index(t.len() + 1));
+                        t
+                    }),
+                ],
+            ) {
+                let dir = tempfile::tempdir()?;
+                let path = dir.path().join("x.lost.jsonl");
+                let valid = text_of(&records);
+                let mut content = valid.clone();
+                content.extend_from_slice(&tail);
+                std::fs::write(&path, &content)?;
+
+                let (_, first) = LossList::open(&path).map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
+                prop_assert_eq!(&first, &records);
+                prop_assert_eq!(std::fs::read(&path)?, valid.clone());
+                let (_, second) = LossList::open(&path).map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
+                prop_assert_eq!(&second, &records);
+                prop_assert_eq!(std::fs::read(&path)?, valid);
+            }
+
+            /// Any bytes: no panic; accepted and cut after the last newline, or refused
+            /// naming the line, with the file untouched.
+            #[test]
+            fn any_content_is_accepted_and_cut_or_refused_untouched(
+                content in prop_oneof![
+                    proptest::collection::vec(any::<u8>(), 0..400),
+                    (
+                        proptest::collection::vec(record(), 1..4),
+                        proptest::collection::vec((any::<prop::sample::Index>(), prop_oneof![Just(b'\n'), any::<u8>()]), 1..4),
+                    ).prop_map(|(records, mutations)| {
+                        let mut t = text_of(&records);
+                        for (i, b) in mutations {
+                            let i = i.index(t.len());
+                            t[i] = b;
+                        }
+                        t
+                    }),
+                ],
+            ) {
+                let dir = tempfile::tempdir()?;
+                let path = dir.path().join("x.lost.jsonl");
+                std::fs::write(&path, &content)?;
+                let complete = content.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+                match LossList::open(&path) {
+                    Ok((_, records)) => {
+                        prop_assert_eq!(std::fs::read(&path)?, content[..complete].to_vec());
+                        let (_, again) = LossList::open(&path).map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
+                        prop_assert_eq!(again, records);
+                    }
+                    Err(e) => {
+                        let e = format!("{e:#}");
+                        prop_assert!(e.contains("is not a loss record"), "{e}");
+                        prop_assert_eq!(std::fs::read(&path)?, content);
+                    }
+                }
+            }
+        }
+    }
 }

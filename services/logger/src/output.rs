@@ -345,4 +345,140 @@ mod tests {
         let err = output.write_batch(line(1).as_bytes()).unwrap_err();
         assert!(matches!(err, WriteError::Failed { .. }), "{err}");
     }
+
+    /// Property tests of the start-up recovery: whatever a crash (or anything else) left in
+    /// the file, `Output::open` never panics, keeps exactly the complete lines and cuts the
+    /// rest, or refuses the file without touching it. `PROPTEST_CASES` scales them (README,
+    /// "Test it"); each case writes, reads back and syncs a real file, hence a quarter of
+    /// the default count.
+    mod props {
+        use super::*;
+        use crate::line::LogLine;
+        use proptest::prelude::*;
+
+        fn config() -> ProptestConfig {
+            let base = ProptestConfig::default();
+            ProptestConfig {
+                cases: (base.cases / 4).max(1),
+                ..base
+            }
+        }
+
+        prop_compose! {
+            fn log_line()(
+                sensor_id in prop_oneof![any::<String>(), "[a-z0-9-]{1,8}"],
+                epoch in any::<u64>(), seq in any::<u64>(),
+                values in proptest::collection::vec(any::<u32>(), 0..4),
+                squares in proptest::collection::vec(any::<u64>(), 0..4),
+                worker_id in "[a-z0-9-]{0,8}", taken_at in any::<u64>(),
+                computed_at in any::<u64>(), written_at in any::<u64>(), stale in any::<bool>(),
+            ) -> LogLine {
+                LogLine {
+                    sensor_id, epoch, seq, values, squares, worker_id, taken_at, computed_at,
+                    written_at, stale,
+                }
+            }
+        }
+
+        fn text_of(lines: &[LogLine]) -> Vec<u8> {
+            let mut out = Vec::new();
+            for l in lines {
+                l.write_to(&mut out).expect("a LogLine serializes");
+            }
+            out
+        }
+
+        /// Opens `path`, or the error as text (the error type is not `PartialEq`).
+        fn open(path: &Path) -> Result<Recovered, String> {
+            Output::open(path, false)
+                .map(|(_, r)| r)
+                .map_err(|e| e.to_string())
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            /// Valid lines then a torn last line (any bytes without a newline, a cut line
+            /// among them): the valid lines are all kept and counted, the tail is cut to
+            /// the byte, and opening again changes nothing (recovery is idempotent).
+            #[test]
+            fn a_torn_tail_is_cut_and_recovery_is_idempotent(
+                lines in proptest::collection::vec(log_line(), 0..6),
+                tail in prop_oneof![
+                    proptest::collection::vec(any::<u8>().prop_filter("no newline", |b| *b != b'\n'), 0..200),
+                    (log_line(), any::<prop::sample::Index>()).prop_map(|(l, cut)| {
+                        let mut t = Vec::new();
+                        l.write_to(&mut t).expect("a LogLine serializes");
+                        t.truncate(cut.index(t.len()));
+                        t
+                    }),
+                ],
+            ) {
+                let dir = tempfile::tempdir()?;
+                let path = dir.path().join("out.jsonl");
+                let valid = text_of(&lines);
+                let mut content = valid.clone();
+                content.extend_from_slice(&tail);
+                std::fs::write(&path, &content)?;
+
+                let first = open(&path).map_err(TestCaseError::fail)?;
+                prop_assert_eq!(first.lines, lines.len() as u64);
+                prop_assert_eq!(first.truncated_bytes, tail.len() as u64);
+                for l in &lines {
+                    prop_assert!(first.seen.contains(&l.key()));
+                }
+                let distinct: std::collections::HashSet<_> = lines.iter().map(LogLine::key).collect();
+                prop_assert_eq!(first.seen.len(), distinct.len() as u64);
+                prop_assert_eq!(first.duplicate_lines, (lines.len() - distinct.len()) as u64);
+                prop_assert_eq!(std::fs::read(&path)?, valid.clone());
+
+                let second = open(&path).map_err(TestCaseError::fail)?;
+                prop_assert_eq!(second.lines, first.lines);
+                prop_assert_eq!(second.duplicate_lines, first.duplicate_lines);
+                prop_assert_eq!(second.truncated_bytes, 0);
+                prop_assert_eq!(second.seen.len(), first.seen.len());
+                prop_assert_eq!(std::fs::read(&path)?, valid);
+            }
+
+            /// Any bytes at all: no panic. Either the file is accepted and cut just after its
+            /// last newline, or it is refused with the number of a line that is not a
+            /// result line, and left as it was.
+            #[test]
+            fn any_content_is_accepted_and_cut_or_refused_untouched(
+                content in prop_oneof![
+                    proptest::collection::vec(any::<u8>(), 0..400),
+                    // Valid lines with a few bytes overwritten (newlines too).
+                    (
+                        proptest::collection::vec(log_line(), 1..4),
+                        proptest::collection::vec((any::<prop::sample::Index>(), prop_oneof![Just(b'\n'), any::<u8>()]), 1..4),
+                    ).prop_map(|(lines, mutations)| {
+                        let mut t = text_of(&lines);
+                        for (i, b) in mutations {
+                            let i = i.index(t.len());
+                            t[i] = b;
+                        }
+                        t
+                    }),
+                ],
+            ) {
+                let dir = tempfile::tempdir()?;
+                let path = dir.path().join("out.jsonl");
+                std::fs::write(&path, &content)?;
+                let complete = content.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+                match open(&path) {
+                    Ok(recovered) => {
+                        prop_assert_eq!(recovered.truncated_bytes, (content.len() - complete) as u64);
+                        prop_assert_eq!(std::fs::read(&path)?, content[..complete].to_vec());
+                        let again = open(&path).map_err(TestCaseError::fail)?;
+                        prop_assert_eq!(again.lines, recovered.lines);
+                        prop_assert_eq!(again.truncated_bytes, 0);
+                    }
+                    Err(e) => {
+                        prop_assert!(e.contains("is not a result line"), "{e}");
+                        prop_assert_eq!(std::fs::read(&path)?, content);
+                    }
+                }
+            }
+        }
+    }
 }

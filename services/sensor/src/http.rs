@@ -110,6 +110,18 @@ impl IntoResponse for QueryError {
     }
 }
 
+/// Longest piece of the request an error message repeats; longer ones are cut with `...`,
+/// so that an answer never grows with what a client sends.
+const MAX_ECHO: usize = 40;
+
+/// `text` as an error message shows it: at most [`MAX_ECHO`] characters.
+fn echo(text: &str) -> String {
+    match text.char_indices().nth(MAX_ECHO) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
 /// Checks the query parameters of `GET /readings`; returns the range `(from, to)`.
 pub fn parse_query(
     params: &HashMap<String, String>,
@@ -120,7 +132,8 @@ pub fn parse_query(
         .find(|k| !matches!(k.as_str(), "epoch" | "from" | "to"))
     {
         return Err(QueryError::bad(format!(
-            "unknown parameter '{unknown}' (expected epoch, from, to)"
+            "unknown parameter '{}' (expected epoch, from, to)",
+            echo(unknown)
         )));
     }
     let number = |name: &str| -> Result<Option<u64>, QueryError> {
@@ -129,7 +142,8 @@ pub fn parse_query(
             .map(|v| {
                 v.trim().parse::<u64>().map_err(|_| {
                     QueryError::bad(format!(
-                        "'{name}' must be a non-negative integer, not '{v}'"
+                        "'{name}' must be a non-negative integer, not '{}'",
+                        echo(v)
                     ))
                 })
             })
@@ -265,5 +279,107 @@ mod tests {
         let err = parse_query(&q(&[("epoch", "6"), ("from", "1"), ("to", "2")]), 7).unwrap_err();
         assert_eq!(err.status, StatusCode::NOT_FOUND);
         assert!(err.message.contains("epoch 6"), "{}", err.message);
+    }
+
+    /// Property tests of the query parsing: arbitrary query strings (huge or negative
+    /// numbers, repeated keys, non-UTF-8 escapes, very long values) give a range within
+    /// [`MAX_RANGE`] or a 4xx whose message is short, never a panic. `PROPTEST_CASES` scales
+    /// them (README, "Test it").
+    mod props {
+        use super::*;
+        use axum::http::Uri;
+        use proptest::prelude::*;
+
+        /// Longest error message: the longest template (the range one, about 80 characters
+        /// with two u64 of 20 digits each) or a template of under 70 characters with one
+        /// echo of at most `MAX_ECHO` characters of up to 4 bytes each, plus `...`.
+        const MAX_MESSAGE: usize = 100 + 4 * MAX_ECHO;
+
+        /// Pieces a query string is made of: the real names, separators, numbers at and
+        /// past the u64 edges, signs, spaces, escapes of any byte (non-UTF-8 included).
+        fn token() -> impl Strategy<Value = String> {
+            prop_oneof![
+                3 => proptest::sample::select(vec![
+                    "epoch", "from", "to", "=", "=", "&", "&", "-", "+", "%20", "0", "1", "7",
+                    "10000", "10001", "18446744073709551615", "18446744073709551616",
+                    "99999999999999999999999999", "seq", "%00", "%FF", "%C3%A9", "%",
+                ]).prop_map(str::to_owned),
+                1 => any::<u64>().prop_map(|n| n.to_string()),
+                1 => any::<u8>().prop_map(|b| format!("%{b:02X}")),
+                1 => (1usize..3000).prop_map(|n| "9".repeat(n)),
+                1 => "[a-zA-Z0-9._~-]{1,12}",
+            ]
+        }
+
+        /// What the handler's `Query` extractor makes of `query`, then `parse_query`.
+        fn parse(query: &str, epoch: u64) -> Result<Result<(u64, u64), QueryError>, TestCaseError> {
+            let uri: Uri = format!("/readings?{query}")
+                .parse()
+                .map_err(|e| TestCaseError::fail(format!("{query:?} is not a URI: {e}")))?;
+            match Query::<HashMap<String, String>>::try_from_uri(&uri) {
+                Ok(Query(params)) => Ok(parse_query(&params, epoch)),
+                // axum answers these itself, with a 400.
+                Err(rejection) => {
+                    prop_assert!(rejection.status().is_client_error(), "{rejection:?}");
+                    Err(TestCaseError::reject("not a query string axum accepts"))
+                }
+            }
+        }
+
+        proptest! {
+            /// Any query string: a range of at most MAX_RANGE seqs starting at 1 or more, or a
+            /// 400/404 with a short message; never a panic.
+            #[test]
+            fn any_query_gives_a_bounded_range_or_a_short_4xx(
+                tokens in proptest::collection::vec(token(), 0..24),
+                epoch in prop_oneof![Just(7u64), any::<u64>()],
+            ) {
+                let query = tokens.concat();
+                match parse(&query, epoch)? {
+                    Ok((from, to)) => {
+                        prop_assert!(from >= 1 && from <= to, "{from}..={to}");
+                        prop_assert!(to - from < MAX_RANGE, "{from}..={to}");
+                    }
+                    Err(e) => {
+                        prop_assert!(
+                            e.status == StatusCode::BAD_REQUEST || e.status == StatusCode::NOT_FOUND,
+                            "{e:?}"
+                        );
+                        prop_assert!(!e.message.is_empty());
+                        prop_assert!(e.message.len() <= MAX_MESSAGE, "{} bytes: {}", e.message.len(), e.message);
+                    }
+                }
+            }
+
+            /// Well-formed numbers (and keys given twice, the last one counting): the result
+            /// is exactly what the rules say.
+            #[test]
+            fn numeric_queries_follow_the_rules(
+                from in prop_oneof![any::<u64>(), 0u64..20_000],
+                span in prop_oneof![any::<u64>(), 0u64..20_000],
+                asked_epoch in proptest::option::of(prop_oneof![Just(7u64), any::<u64>()]),
+                decoy in any::<u64>(),
+            ) {
+                let to = from.saturating_add(span);
+                let mut query = format!("from={decoy}&from={from}&to={to}");
+                if let Some(e) = asked_epoch {
+                    query.push_str(&format!("&epoch={e}"));
+                }
+                let got = parse(&query, 7)?;
+                let expected_ok = from >= 1 && to - from < MAX_RANGE && asked_epoch.is_none_or(|e| e == 7);
+                match got {
+                    Ok(range) => {
+                        prop_assert!(expected_ok);
+                        prop_assert_eq!(range, (from, to));
+                    }
+                    Err(e) => {
+                        prop_assert!(!expected_ok, "{e:?}");
+                        let other_epoch = from >= 1 && to - from < MAX_RANGE;
+                        let status = if other_epoch { StatusCode::NOT_FOUND } else { StatusCode::BAD_REQUEST };
+                        prop_assert_eq!(e.status, status, "{}", e.message);
+                    }
+                }
+            }
+        }
     }
 }
