@@ -46,6 +46,7 @@ pub mod exit;
 pub mod healthcheck;
 pub mod http;
 pub mod log_limit;
+pub mod security;
 pub mod setting;
 pub mod shutdown;
 pub mod telemetry;

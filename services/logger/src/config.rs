@@ -14,6 +14,7 @@ use suite_common::{
     addr::{HostPort, ListenAddr},
     cli::{CommonArgs, CommonCommand, ConsumerArgs, LogArgs, ServiceCli},
     config::ConfigError,
+    security::NsqSecurityArgs,
     setting::{at_least_one, non_empty, Channel, HumanDuration, Invalid, Parse, Topic},
 };
 
@@ -193,6 +194,11 @@ pub struct Config {
     #[arg(long, value_name = "HOST:PORT", global = true, default_value = DEFAULT_HTTP_ADDRESS)]
     pub http_address: ListenAddr,
 
+    /// TLS and AUTH of every NSQ connection.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub nsq: NsqSecurityArgs,
+
     /// Logging.
     #[command(flatten)]
     #[serde(flatten)]
@@ -242,7 +248,8 @@ fn replay_max_attempts(text: &str) -> Result<u32, Invalid> {
 impl Config {
     /// Checks the rules that involve several settings, naming the flags.
     pub fn check(&self) -> Result<(), ConfigError> {
-        self.consumer.require_source("logger", ENV_PREFIX)
+        self.consumer.require_source("logger", ENV_PREFIX)?;
+        self.nsq.resolve().map(drop)
     }
 
     /// nsqd the replay requests are published to: `--replay-nsqd-tcp-address`, else the

@@ -109,11 +109,11 @@ impl Replay {
         gaps: Arc<Mutex<Gaps>>,
         losses: LossList,
     ) -> anyhow::Result<Self> {
-        let connection = ConnectionConfig {
+        let connection = settings.nsq.resolve()?.apply(ConnectionConfig {
             client_id: settings.logger_id.clone(),
             user_agent: format!("nsq-suite-logger/{}", env!("CARGO_PKG_VERSION")),
             ..ConnectionConfig::default()
-        };
+        });
         let consumer_config = ConsumerConfig {
             connection: connection.clone(),
             nsqd_tcp_addresses: settings.consumer.nsqd_addresses(),

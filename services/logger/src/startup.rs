@@ -215,12 +215,12 @@ impl Application {
             &s.topic,
             &s.channel,
             ConsumerConfig {
-                connection: ConnectionConfig {
+                connection: s.nsq.resolve()?.apply(ConnectionConfig {
                     client_id: s.logger_id.clone(),
                     user_agent: format!("nsq-suite-{SERVICE}/{}", env!("CARGO_PKG_VERSION")),
                     output_buffer_size: s.consumer.output_buffer_size(),
                     ..ConnectionConfig::default()
-                },
+                }),
                 nsqd_tcp_addresses: s.consumer.nsqd_addresses(),
                 lookupd_http_addresses: s.consumer.lookupd_urls(),
                 lookupd_poll_interval: s.consumer.lookupd_poll_interval.get(),

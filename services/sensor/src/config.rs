@@ -12,6 +12,7 @@ use serde::Serialize;
 use suite_common::{
     addr::{HostPort, ListenAddr, LookupdAddr},
     cli::{CommonArgs, CommonCommand, LogArgs, ServiceCli},
+    security::NsqSecurityArgs,
     setting::{at_least_one, message_id, HumanDuration, Invalid, Parse, Topic},
 };
 
@@ -140,6 +141,11 @@ pub struct Config {
     /// Address of the HTTP port (/health, /ready, /metrics, /readings)
     #[arg(long, value_name = "HOST:PORT", global = true, default_value = DEFAULT_HTTP_ADDRESS)]
     pub http_address: ListenAddr,
+
+    /// TLS and AUTH of every NSQ connection.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub nsq: NsqSecurityArgs,
 
     /// Logging.
     #[command(flatten)]

@@ -16,6 +16,7 @@ use std::{
 use anyhow::Context as _;
 use nsq::{ConnectionConfig, ConnectionState, Producer, ProducerConfig};
 use suite_common::{
+    config::ConfigError,
     http::{self, BaseState, HttpServer, Readiness},
     shutdown::CancellationToken,
 };
@@ -67,6 +68,7 @@ impl Application {
     /// Must be called inside a tokio runtime. Fails with a usage error for a bad setting, or
     /// when the HTTP port cannot be bound or the metrics recorder installed.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        config.nsq.resolve()?;
         let settings = Arc::new(config);
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
@@ -81,7 +83,7 @@ impl Application {
         let producer = Producer::connect(
             &settings.nsqd_tcp_address.to_string(),
             ProducerConfig {
-                connection: connection_config(&settings.sensor_id),
+                connection: connection_config(&settings)?,
                 ..ProducerConfig::default()
             },
         )
@@ -165,7 +167,7 @@ impl Application {
             self.epoch,
             Arc::clone(&self.history),
             self.producer.clone(),
-            connection_config(&self.settings.sensor_id),
+            connection_config(&self.settings)?,
         )?;
         let responder_task = tokio::spawn(responder.run(finishing.clone()));
         let engine = Engine::new(
@@ -208,12 +210,12 @@ impl Application {
 }
 
 /// Connection settings that make the sensor recognisable in nsqadmin.
-fn connection_config(sensor_id: &str) -> ConnectionConfig {
-    ConnectionConfig {
-        client_id: sensor_id.to_owned(),
+fn connection_config(s: &Config) -> Result<ConnectionConfig, ConfigError> {
+    Ok(s.nsq.resolve()?.apply(ConnectionConfig {
+        client_id: s.sensor_id.clone(),
         user_agent: format!("nsq-suite-{SERVICE}/{}", env!("CARGO_PKG_VERSION")),
         ..ConnectionConfig::default()
-    }
+    }))
 }
 
 /// Keeps `/ready` and the connection gauge in line with the producer's connection.

@@ -14,6 +14,7 @@ use suite_common::{
     addr::{HostPort, ListenAddr},
     cli::{CommonArgs, CommonCommand, ConsumerArgs, LogArgs, ServiceCli},
     config::ConfigError,
+    security::NsqSecurityArgs,
     setting::{message_id, Channel, HumanDuration, Invalid, Parse, Topic},
 };
 
@@ -136,6 +137,11 @@ pub struct Config {
     #[arg(long, value_name = "HOST:PORT", global = true, default_value = DEFAULT_HTTP_ADDRESS)]
     pub http_address: ListenAddr,
 
+    /// TLS and AUTH of every NSQ connection.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub nsq: NsqSecurityArgs,
+
     /// Logging.
     #[command(flatten)]
     #[serde(flatten)]
@@ -169,6 +175,7 @@ impl Config {
     /// Checks the rules that involve several settings, naming the flags.
     pub fn check(&self) -> Result<(), ConfigError> {
         self.consumer.require_source("worker", ENV_PREFIX)?;
+        self.nsq.resolve()?;
         let dead = self.dead_letter_topic();
         if !nsq::protocol::is_valid_topic_name(&dead) {
             return Err(ConfigError::value(

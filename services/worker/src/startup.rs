@@ -13,6 +13,7 @@ use std::{collections::BTreeSet, future::Future, net::SocketAddr, sync::Arc, tim
 use anyhow::Context as _;
 use nsq::{ConnectionConfig, Consumer, ConsumerConfig, Producer, ProducerConfig};
 use suite_common::{
+    config::ConfigError,
     http::{self, BaseState, HttpServer, Readiness},
     shutdown::CancellationToken,
 };
@@ -76,7 +77,7 @@ impl Application {
         let producer = Producer::connect(
             &settings.destination_nsqd_tcp_address.to_string(),
             ProducerConfig {
-                connection: connection_config(&settings.worker_id),
+                connection: connection_config(&settings)?,
                 ..ProducerConfig::default()
             },
         )
@@ -133,7 +134,7 @@ impl Application {
             ConsumerConfig {
                 connection: ConnectionConfig {
                     output_buffer_size: s.consumer.output_buffer_size(),
-                    ..connection_config(&s.worker_id)
+                    ..connection_config(&s)?
                 },
                 nsqd_tcp_addresses: s.consumer.nsqd_addresses(),
                 lookupd_http_addresses: s.consumer.lookupd_urls(),
@@ -219,12 +220,12 @@ impl Application {
 }
 
 /// Connection settings that make the worker recognisable in nsqadmin.
-fn connection_config(worker_id: &str) -> ConnectionConfig {
-    ConnectionConfig {
-        client_id: worker_id.to_owned(),
+fn connection_config(s: &Config) -> Result<ConnectionConfig, ConfigError> {
+    Ok(s.nsq.resolve()?.apply(ConnectionConfig {
+        client_id: s.worker_id.clone(),
         user_agent: format!("nsq-suite-{SERVICE}/{}", env!("CARGO_PKG_VERSION")),
         ..ConnectionConfig::default()
-    }
+    }))
 }
 
 /// Refreshes the connection and in-flight gauges and `/ready`, every [`SAMPLE_INTERVAL`].
