@@ -355,3 +355,73 @@ pub fn set_node_gauges<'a>(
     }
     known.extend(current);
 }
+
+/// Why the connections to nsqd are down, for the reason `/ready` gives: the last disconnect
+/// reason of each nsqd (for example a TLS certificate nsqd's CA did not sign, or
+/// `E_AUTH_FAILED`), read from a consumer's events.
+#[derive(Debug)]
+pub struct DisconnectReasons {
+    /// The consumer's events.
+    events: tokio::sync::broadcast::Receiver<nsq::Event>,
+    /// Last reason per nsqd, cleared when it connects.
+    last: std::collections::BTreeMap<String, String>,
+}
+
+impl DisconnectReasons {
+    /// Follows `events` (from `Consumer::events`).
+    pub fn new(events: tokio::sync::broadcast::Receiver<nsq::Event>) -> Self {
+        Self {
+            events,
+            last: std::collections::BTreeMap::new(),
+        }
+    }
+
+    /// Takes in the events since the last call, without waiting.
+    pub fn update(&mut self) {
+        use tokio::sync::broadcast::error::TryRecvError;
+        loop {
+            match self.events.try_recv() {
+                Ok(nsq::Event::Disconnected { addr, reason }) => {
+                    self.last.insert(addr, reason);
+                }
+                Ok(nsq::Event::Connected { addr }) | Ok(nsq::Event::NodeRemoved { addr }) => {
+                    self.last.remove(&addr);
+                }
+                Ok(_) | Err(TryRecvError::Lagged(_)) => {}
+                Err(TryRecvError::Empty) | Err(TryRecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// `": <addr>: <reason>; ..."` for the nsqd whose last connection failed (at most three,
+    /// each reason cut to 200 characters), or nothing.
+    pub fn describe(&self) -> String {
+        let parts: Vec<String> = self
+            .last
+            .iter()
+            .take(3)
+            .map(|(addr, reason)| {
+                let reason: String = reason.chars().take(200).collect();
+                format!("{addr}: {reason}")
+            })
+            .collect();
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", parts.join("; "))
+        }
+    }
+}
+
+/// The reason `/ready` gives for a producer that is not connected: what it is doing, or why
+/// its last attempt failed.
+pub fn producer_reason(producer: &nsq::Producer, addr: &str) -> String {
+    match &*producer.state().borrow() {
+        nsq::ConnectionState::Disconnected { reason } => {
+            let reason: String = reason.chars().take(200).collect();
+            format!("nsqd {addr} unreachable: {reason}")
+        }
+        nsq::ConnectionState::Closed => format!("the connection to nsqd {addr} is closed"),
+        _ => format!("connecting to nsqd {addr}"),
+    }
+}

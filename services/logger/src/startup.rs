@@ -474,8 +474,10 @@ async fn sample(
     let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut known = BTreeSet::new();
+    let mut reasons = http::DisconnectReasons::new(consumer.events());
     loop {
         tick.tick().await;
+        reasons.update();
         let stats = consumer.stats();
         let connections = stats.connections();
         http::set_node_gauges(
@@ -488,8 +490,10 @@ async fn sample(
             .set(f64::from(stats.in_flight()));
         if connections == 0 {
             readiness.set_not_ready(format!(
-                "not consuming {}/{} from any nsqd",
-                s.topic, s.channel
+                "not consuming {}/{} from any nsqd{}",
+                s.topic,
+                s.channel,
+                reasons.describe()
             ));
         } else if !writable.load(Ordering::Relaxed) {
             readiness.set_not_ready("the output is not writable (see the logs)");

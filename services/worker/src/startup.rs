@@ -233,8 +233,10 @@ async fn sample(consumer: Consumer, producer: Producer, readiness: Readiness, s:
     let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut known = BTreeSet::new();
+    let mut reasons = http::DisconnectReasons::new(consumer.events());
     loop {
         tick.tick().await;
+        reasons.update();
         let stats = consumer.stats();
         let connections = stats.connections();
         let producer_up = producer.is_connected();
@@ -253,13 +255,15 @@ async fn sample(consumer: Consumer, producer: Producer, readiness: Readiness, s:
             .set(f64::from(stats.in_flight()));
         if connections == 0 {
             readiness.set_not_ready(format!(
-                "not consuming {}/{} from any nsqd",
-                s.topic, s.channel
+                "not consuming {}/{} from any nsqd{}",
+                s.topic,
+                s.channel,
+                reasons.describe()
             ));
         } else if !producer_up {
             readiness.set_not_ready(format!(
-                "not connected to the destination nsqd {}",
-                s.destination_nsqd_tcp_address
+                "not connected to the destination nsqd: {}",
+                http::producer_reason(&producer, &s.destination_nsqd_tcp_address.to_string())
             ));
         } else {
             readiness.set_ready();
