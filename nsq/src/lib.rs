@@ -38,7 +38,7 @@ pub mod testkit;
 
 pub use config::{
     check_tcp_address, hostname, lookupd_url, ConnectionConfig, ConsumerConfig, ProducerConfig,
-    TlsSettings,
+    TlsSettings, DEFAULT_OUTPUT_BUFFER_TIMEOUT,
 };
 pub use consumer::{Consumer, ConsumerStats, Messages, NodeStats};
 pub use error::{ConfigError, ConnectError, InvalidInput, ProtocolError, PublishError};
