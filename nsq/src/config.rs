@@ -276,7 +276,7 @@ impl Default for ConsumerConfig {
 /// Checks an output-buffer timeout for IDENTIFY and returns it in milliseconds: nsqd counts
 /// whole milliseconds and reads 0 as "keep the default" and -1 as "no timer" (which holds a
 /// lone message until the next heartbeat), so only whole milliseconds from 1 ms are accepted.
-pub(crate) fn output_buffer_timeout_ms(d: Duration) -> Result<i64, ConfigError> {
+pub fn output_buffer_timeout_ms(d: Duration) -> Result<i64, ConfigError> {
     let bad = || ConfigError::OutputBufferTimeout(d);
     if d < Duration::from_millis(1) || d.subsec_nanos() % 1_000_000 != 0 {
         return Err(bad());

@@ -37,8 +37,8 @@ pub mod protocol;
 pub mod testkit;
 
 pub use config::{
-    check_tcp_address, hostname, lookupd_url, ConnectionConfig, ConsumerConfig, ProducerConfig,
-    TlsSettings, DEFAULT_OUTPUT_BUFFER_TIMEOUT,
+    check_tcp_address, hostname, lookupd_url, output_buffer_timeout_ms, ConnectionConfig,
+    ConsumerConfig, ProducerConfig, TlsSettings, DEFAULT_OUTPUT_BUFFER_TIMEOUT,
 };
 pub use consumer::{Consumer, ConsumerStats, Messages, NodeStats};
 pub use error::{ConfigError, ConnectError, InvalidInput, ProtocolError, PublishError};

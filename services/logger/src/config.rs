@@ -101,6 +101,14 @@ pub struct Flags {
     #[arg(long, value_name = "BYTES", allow_hyphen_values = true)]
     pub output_buffer_size: Option<i64>,
 
+    /// Longest nsqd may hold a message for this logger in its output buffer, in whole
+    /// milliseconds: a lone message waits up to this long per hop. nsqd grants it only at or
+    /// above its --min-output-buffer-timeout (25ms unless changed; the suite's configurations
+    /// set 1ms); otherwise the logger falls back to nsqd's --output-buffer-timeout (250ms)
+    /// with one WARN. 0 asks for nothing (nsqd's default) [default: 1ms]
+    #[arg(long, value_name = "DURATION")]
+    pub output_buffer_timeout: Option<String>,
+
     /// File the JSON lines are appended to [default: stdout]
     #[arg(long, value_name = "PATH")]
     pub output: Option<PathBuf>,
@@ -194,6 +202,8 @@ pub struct Config {
     pub max_in_flight: u32,
     /// nsqd's output buffer for this consumer in bytes (0: nsqd's default).
     pub output_buffer_size: i64,
+    /// Longest nsqd may hold a message in that buffer (`0`: nsqd's default).
+    pub output_buffer_timeout: String,
     /// Output file (`None`: stdout).
     pub output: Option<PathBuf>,
     /// Whether each batch is fsynced.
@@ -242,6 +252,7 @@ impl Default for Config {
             lookupd_poll_interval: "5s".to_owned(),
             max_in_flight: 1000,
             output_buffer_size: 0,
+            output_buffer_timeout: "1ms".to_owned(),
             output: None,
             fsync: false,
             summary_interval: "5s".to_owned(),
@@ -280,6 +291,8 @@ pub struct Settings {
     pub max_in_flight: u32,
     /// nsqd's output buffer for this consumer: `None` keeps nsqd's default.
     pub output_buffer_size: Option<i64>,
+    /// Output-buffer timeout asked of nsqd: `None` keeps nsqd's default.
+    pub output_buffer_timeout: Option<Duration>,
     /// Output file (`None`: stdout).
     pub output: Option<PathBuf>,
     /// Whether each batch is fsynced.
@@ -358,6 +371,18 @@ impl Config {
                 "must be 0 (nsqd's default), -1 (no buffer) or 64 to 65536 bytes",
             ));
         }
+        let output_buffer_timeout =
+            duration("--output-buffer-timeout", &self.output_buffer_timeout)?;
+        let output_buffer_timeout = (!output_buffer_timeout.is_zero())
+            .then_some(output_buffer_timeout)
+            .map(|d| nsq::output_buffer_timeout_ms(d).map(|_| d))
+            .transpose()
+            .map_err(|_| {
+                ConfigError::value(
+                    "--output-buffer-timeout",
+                    "must be 0 (nsqd's default) or whole milliseconds from 1ms, e.g. 1ms",
+                )
+            })?;
         if self
             .output
             .as_ref()
@@ -421,6 +446,7 @@ impl Config {
             lookupd_poll_interval,
             max_in_flight: self.max_in_flight,
             output_buffer_size: (self.output_buffer_size != 0).then_some(self.output_buffer_size),
+            output_buffer_timeout,
             output: self.output.clone(),
             fsync: self.fsync,
             summary_interval,
@@ -600,6 +626,10 @@ mod tests {
             (
                 &["--output-buffer-size", "10"],
                 "invalid `--output-buffer-size`",
+            ),
+            (
+                &["--output-buffer-timeout", "500us"],
+                "invalid `--output-buffer-timeout`",
             ),
             (
                 &["--summary-interval", "often"],

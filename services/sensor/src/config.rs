@@ -123,6 +123,14 @@ pub struct Flags {
     #[arg(long, value_name = "TOPIC")]
     pub replay_unavailable_topic: Option<String>,
 
+    /// Longest nsqd may hold a replay request for this sensor in its output buffer, in whole
+    /// milliseconds. nsqd grants it only at or above its --min-output-buffer-timeout (25ms
+    /// unless changed; the suite's configurations set 1ms); otherwise the sensor falls back to
+    /// nsqd's --output-buffer-timeout (250ms) with one WARN. 0 asks for nothing (nsqd's
+    /// default) [default: 1ms]
+    #[arg(long, value_name = "DURATION")]
+    pub output_buffer_timeout: Option<String>,
+
     /// With --count: after the last reading is confirmed, keep answering replay requests
     /// and announcing the status this long before exiting (SIGTERM ends it sooner)
     /// [default: 0s]
@@ -164,6 +172,8 @@ pub struct Config {
     pub replay_topic: String,
     /// Topic of the "unavailable" answers.
     pub replay_unavailable_topic: String,
+    /// Output-buffer timeout asked of nsqd for the replay requests (`0`: nsqd's default).
+    pub output_buffer_timeout: String,
     /// With `count`: how long to keep serving replays after the last reading (a duration).
     pub linger: String,
     /// Address of the HTTP port (`/health`, `/ready`, `/metrics`, `/readings`).
@@ -192,6 +202,7 @@ impl Default for Config {
             lookupd_poll_interval: "5s".to_owned(),
             replay_topic: messages::REPLAY_TOPIC.to_owned(),
             replay_unavailable_topic: messages::REPLAY_UNAVAILABLE_TOPIC.to_owned(),
+            output_buffer_timeout: "1ms".to_owned(),
             linger: "0s".to_owned(),
             http_address: DEFAULT_HTTP_ADDRESS.to_owned(),
             log_format: LogFormat::Text,
@@ -234,6 +245,8 @@ pub struct Settings {
     pub replay_topic: String,
     /// Topic of the "unavailable" answers (a valid NSQ topic name).
     pub replay_unavailable_topic: String,
+    /// Output-buffer timeout asked of nsqd for the replay requests: `None` keeps nsqd's.
+    pub output_buffer_timeout: Option<Duration>,
     /// With `count`: how long to keep serving replays after the last reading.
     pub linger: Duration,
     /// HTTP listen address (`host:port`, port 0 allowed).
@@ -260,6 +273,18 @@ impl Config {
             ));
         }
         let linger = duration("--linger", &self.linger)?;
+        let output_buffer_timeout =
+            duration("--output-buffer-timeout", &self.output_buffer_timeout)?;
+        let output_buffer_timeout = (!output_buffer_timeout.is_zero())
+            .then_some(output_buffer_timeout)
+            .map(|d| nsq::output_buffer_timeout_ms(d).map(|_| d))
+            .transpose()
+            .map_err(|_| {
+                ConfigError::value(
+                    "--output-buffer-timeout",
+                    "must be 0 (nsqd's default) or whole milliseconds from 1ms, e.g. 1ms",
+                )
+            })?;
         if self.count == Some(0) {
             return Err(ConfigError::value(
                 "--count",
@@ -298,6 +323,7 @@ impl Config {
             lookupd_http_addresses: lookupd,
             lookupd_poll_interval,
             replay_topic: self.replay_topic.clone(),
+            output_buffer_timeout,
             replay_unavailable_topic: self.replay_unavailable_topic.clone(),
             linger,
             http_address: http.to_string(),
@@ -414,6 +440,10 @@ mod tests {
             (
                 &["--lookupd-poll-interval", "0s"],
                 "invalid `--lookupd-poll-interval`",
+            ),
+            (
+                &["--output-buffer-timeout", "500us"],
+                "invalid `--output-buffer-timeout`",
             ),
             (
                 &["--lookupd-http-address", "http://"],

@@ -124,6 +124,7 @@ impl Responder {
                 lookupd_poll_interval: settings.lookupd_poll_interval,
                 max_in_flight: MAX_IN_FLIGHT,
                 max_attempts: 0,
+                output_buffer_timeout: settings.output_buffer_timeout,
                 ..ConsumerConfig::default()
             },
         )

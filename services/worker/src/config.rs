@@ -121,6 +121,14 @@ pub struct Flags {
     #[arg(long, value_name = "BYTES", allow_hyphen_values = true)]
     pub output_buffer_size: Option<i64>,
 
+    /// Longest nsqd may hold a message for this worker in its output buffer, in whole
+    /// milliseconds: a lone message waits up to this long per hop. nsqd grants it only at or
+    /// above its --min-output-buffer-timeout (25ms unless changed; the suite's configurations
+    /// set 1ms); otherwise the worker falls back to nsqd's --output-buffer-timeout (250ms)
+    /// with one WARN. 0 asks for nothing (nsqd's default) [default: 1ms]
+    #[arg(long, value_name = "DURATION")]
+    pub output_buffer_timeout: Option<String>,
+
     /// Simulated computation time per message, in milliseconds [default: 0]
     #[arg(long, value_name = "MS")]
     pub work_ms: Option<u64>,
@@ -177,6 +185,8 @@ pub struct Config {
     pub max_in_flight: u32,
     /// nsqd's output buffer for this consumer in bytes (0: nsqd's default).
     pub output_buffer_size: i64,
+    /// Longest nsqd may hold a message in that buffer (`0`: nsqd's default).
+    pub output_buffer_timeout: String,
     /// Simulated work per message, in milliseconds.
     pub work_ms: u64,
     /// This worker's name.
@@ -215,6 +225,7 @@ impl Default for Config {
             destination_nsqd_tcp_address: "127.0.0.1:4150".to_owned(),
             max_in_flight: 200,
             output_buffer_size: 0,
+            output_buffer_timeout: "1ms".to_owned(),
             work_ms: 0,
             worker_id: format!("{short}-{}", std::process::id()),
             max_attempts: 5,
@@ -251,6 +262,8 @@ pub struct Settings {
     pub max_in_flight: u32,
     /// nsqd's output buffer for this consumer: `None` keeps nsqd's default.
     pub output_buffer_size: Option<i64>,
+    /// Output-buffer timeout asked of nsqd: `None` keeps nsqd's default.
+    pub output_buffer_timeout: Option<Duration>,
     /// Simulated work per message.
     pub work: Duration,
     /// This worker's name.
@@ -316,6 +329,18 @@ impl Config {
                 "must be 0 (nsqd's default), -1 (no buffer) or 64 to 65536 bytes",
             ));
         }
+        let output_buffer_timeout =
+            duration("--output-buffer-timeout", &self.output_buffer_timeout)?;
+        let output_buffer_timeout = (!output_buffer_timeout.is_zero())
+            .then_some(output_buffer_timeout)
+            .map(|d| nsq::output_buffer_timeout_ms(d).map(|_| d))
+            .transpose()
+            .map_err(|_| {
+                ConfigError::value(
+                    "--output-buffer-timeout",
+                    "must be 0 (nsqd's default) or whole milliseconds from 1ms, e.g. 1ms",
+                )
+            })?;
         let worker_id = self.worker_id.trim();
         if worker_id.is_empty() {
             return Err(ConfigError::value("--worker-id", "must not be empty"));
@@ -351,6 +376,7 @@ impl Config {
             destination_nsqd_tcp_address: destination.to_string(),
             max_in_flight: self.max_in_flight,
             output_buffer_size: (self.output_buffer_size != 0).then_some(self.output_buffer_size),
+            output_buffer_timeout,
             work: Duration::from_millis(self.work_ms),
             worker_id: worker_id.to_owned(),
             max_attempts: self.max_attempts,
@@ -433,6 +459,17 @@ mod tests {
         assert_eq!(s.stale_policy, StalePolicy::Flag);
         assert_eq!(s.http_address, DEFAULT_HTTP_ADDRESS);
         assert!(s.worker_id.ends_with(&format!("-{}", std::process::id())));
+    }
+
+    #[test]
+    fn output_buffer_timeout_asks_for_1ms_by_default_and_0_asks_for_nothing() {
+        let base = ["--nsqd-tcp-address", "127.0.0.1:4150"];
+        let s = settings(&base).unwrap();
+        assert_eq!(s.output_buffer_timeout, Some(Duration::from_millis(1)));
+        let s = settings(&[&base[..], &["--output-buffer-timeout", "5ms"]].concat()).unwrap();
+        assert_eq!(s.output_buffer_timeout, Some(Duration::from_millis(5)));
+        let s = settings(&[&base[..], &["--output-buffer-timeout", "0"]].concat()).unwrap();
+        assert_eq!(s.output_buffer_timeout, None);
     }
 
     #[test]
@@ -534,6 +571,10 @@ mod tests {
             (
                 &["--output-buffer-size", "10"],
                 "invalid `--output-buffer-size`",
+            ),
+            (
+                &["--output-buffer-timeout", "500us"],
+                "invalid `--output-buffer-timeout`",
             ),
             (&["--max-age", "old"], "invalid `--max-age`"),
             (&["--max-age", "0s"], "invalid `--max-age`"),

@@ -143,6 +143,7 @@ impl Application {
                 lookupd_poll_interval: s.lookupd_poll_interval,
                 max_in_flight: s.max_in_flight,
                 max_attempts: s.max_attempts,
+                output_buffer_timeout: s.output_buffer_timeout,
                 ..ConsumerConfig::default()
             },
         )
