@@ -5,7 +5,9 @@
 //! target/release/bench --help
 //! ```
 //!
-//! Modes, all against a fresh nsqd v1.3.0 (default settings) on loopback:
+//! Modes, all against a fresh nsqd v1.3.0 on loopback with the settings the suite ships
+//! (`nsq::testkit::SHIPPED_NSQD_ARGS`: `--min-output-buffer-timeout=1ms`, so that the
+//! services' default `--output-buffer-timeout` of 1ms is granted), plus any `--nsqd-arg`:
 //! - `pipeline`: the real binaries (sensor `--rate 0 --count N` → W workers → logger writing
 //!   its file), W = 1, 2, 4, readings of about 200 bytes. Throughput from the first reading
 //!   taken to the last result written, read from the logger's own output.
@@ -62,7 +64,8 @@ struct Cli {
     #[arg(long, default_value_t = 6)]
     latency_seconds: u64,
     /// `--output-buffer-size` settings of the workers and the logger for the latency mode,
-    /// each run at every rate: 64 (every message written at once) and 0 (nsqd's default)
+    /// each run at every rate: 64 (every message written at once) and 0 (the services'
+    /// defaults: nsqd's 16 KiB buffer, flushed within their 1ms --output-buffer-timeout)
     #[arg(
         long,
         value_delimiter = ',',
@@ -94,6 +97,8 @@ struct Results {
     memory_peak_rss_bytes: BTreeMap<String, u64>,
     /// The `--output-buffer-size` of the run the memory figures come from.
     output_buffer_for_memory: i64,
+    /// Every nsqd's flags beyond addresses and data path (shipped settings and `--nsqd-arg`).
+    nsqd_args: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -115,7 +120,7 @@ struct RawRun {
 #[derive(Debug, Serialize)]
 struct LatencyRun {
     rate: u64,
-    /// The workers' and logger's `--output-buffer-size` (0: nsqd's default buffering).
+    /// The workers' and logger's `--output-buffer-size` (0: the services' defaults).
     output_buffer_size: i64,
     samples: u64,
     p50_ms: f64,
@@ -148,6 +153,11 @@ async fn main() -> anyhow::Result<()> {
             .map(|n| n.get())
             .unwrap_or(1),
         message_bytes: reading_size(values),
+        nsqd_args: nsq::testkit::SHIPPED_NSQD_ARGS
+            .iter()
+            .map(|a| a.to_string())
+            .chain(cli.nsqd_arg.iter().cloned())
+            .collect(),
         ..Default::default()
     };
     let has = |m: &str| cli.modes.iter().any(|x| x == m);
@@ -642,7 +652,7 @@ fn print_table(r: &Results) {
         );
         for l in &r.latency {
             let buf = if l.output_buffer_size == 0 {
-                "nsqd".to_string()
+                "default".to_string()
             } else {
                 l.output_buffer_size.to_string()
             };

@@ -148,7 +148,7 @@ pub fn latency(path: &Path, r: &Results) -> anyhow::Result<()> {
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(width)))
             .map_err(err)?
             .label(if l.output_buffer_size == 0 {
-                format!("{} readings/s, nsqd default buffer", l.rate)
+                format!("{} readings/s, defaults", l.rate)
             } else {
                 format!(
                     "{} readings/s, --output-buffer-size {}",

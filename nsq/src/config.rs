@@ -29,8 +29,6 @@ pub struct ConnectionConfig {
     /// the lowest latency at low rates (nsqd otherwise holds a lone message up to
     /// `output_buffer_timeout`).
     pub output_buffer_size: Option<i64>,
-    /// How long nsqd may hold buffered output (at least nsqd's `--min-output-buffer-timeout`).
-    pub output_buffer_timeout: Option<Duration>,
     /// First delay before reconnecting; doubles per failure, with jitter.
     pub reconnect_initial: Duration,
     /// Longest delay between reconnect attempts.
@@ -54,7 +52,6 @@ impl Default for ConnectionConfig {
             auth_secret: None,
             msg_timeout: None,
             output_buffer_size: None,
-            output_buffer_timeout: None,
             reconnect_initial: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(10),
         }
@@ -208,6 +205,18 @@ impl Default for ProducerConfig {
     }
 }
 
+/// The output-buffer timeout a consumer asks nsqd for by default: 1 ms, the smallest nsqd
+/// accepts (it counts whole milliseconds, and 0 means "your default").
+///
+/// nsqd buffers what it writes to a consumer and flushes the buffer when the client's RDY is
+/// used up, when the buffer (16 KiB) is full, or on a ticker of this period. A lone message
+/// therefore waits up to one period on every hop: with nsqd's 250 ms default that is the whole
+/// latency of a light pipeline. At 1 ms a light load is written within a millisecond, and a
+/// heavy one still batches: the ticker is a bound, a full buffer flushes first. nsqd only
+/// grants values within its `--min-output-buffer-timeout` (25 ms by default), so the
+/// configurations shipped with this suite start nsqd with `--min-output-buffer-timeout=1ms`.
+pub const DEFAULT_OUTPUT_BUFFER_TIMEOUT: Duration = Duration::from_millis(1);
+
 /// Consumer settings.
 #[derive(Clone, Debug)]
 pub struct ConsumerConfig {
@@ -231,6 +240,19 @@ pub struct ConsumerConfig {
     pub rdy_redistribute_interval: Duration,
     /// How long `close()` waits for in-flight messages to be finished or requeued.
     pub close_timeout: Duration,
+    /// The longest nsqd may hold a message for this consumer in its output buffer (IDENTIFY
+    /// `output_buffer_timeout`; whole milliseconds, at least 1 ms). `None` leaves nsqd's own
+    /// `--output-buffer-timeout` (250 ms unless changed). Default:
+    /// [`DEFAULT_OUTPUT_BUFFER_TIMEOUT`].
+    ///
+    /// nsqd refuses a value outside its `--min-output-buffer-timeout` (25 ms by default) ..
+    /// `--max-output-buffer-timeout` range, and closes the connection. The consumer then
+    /// connects again without the setting (nsqd's default applies), emits
+    /// [`crate::Event::OutputBufferTimeoutRefused`] and logs one WARN per consumer that names
+    /// the nsqd flag to change. Every new connection asks again, so fixing nsqd's flags takes
+    /// effect at the next reconnect. [`crate::NodeStats::output_buffer_timeout`] shows the
+    /// value in effect.
+    pub output_buffer_timeout: Option<Duration>,
 }
 
 impl Default for ConsumerConfig {
@@ -246,8 +268,20 @@ impl Default for ConsumerConfig {
             backoff_max: Duration::from_secs(30),
             rdy_redistribute_interval: Duration::from_secs(2),
             close_timeout: Duration::from_secs(30),
+            output_buffer_timeout: Some(DEFAULT_OUTPUT_BUFFER_TIMEOUT),
         }
     }
+}
+
+/// Checks an output-buffer timeout for IDENTIFY and returns it in milliseconds: nsqd counts
+/// whole milliseconds and reads 0 as "keep the default" and -1 as "no timer" (which holds a
+/// lone message until the next heartbeat), so only whole milliseconds from 1 ms are accepted.
+pub fn output_buffer_timeout_ms(d: Duration) -> Result<i64, ConfigError> {
+    let bad = || ConfigError::OutputBufferTimeout(d);
+    if d < Duration::from_millis(1) || d.subsec_nanos() % 1_000_000 != 0 {
+        return Err(bad());
+    }
+    i64::try_from(d.as_millis()).map_err(|_| bad())
 }
 
 /// Normalises a lookupd address to a base URL (`http://host:port`).
@@ -304,6 +338,21 @@ mod tests {
         );
         assert_eq!(lookupd_url("http://h:1/").unwrap(), "http://h:1");
         assert!(lookupd_url("http://").is_err());
+    }
+
+    #[test]
+    fn output_buffer_timeouts_are_whole_milliseconds() {
+        assert_eq!(
+            output_buffer_timeout_ms(Duration::from_millis(1)).unwrap(),
+            1
+        );
+        assert_eq!(
+            output_buffer_timeout_ms(Duration::from_secs(2)).unwrap(),
+            2000
+        );
+        assert!(output_buffer_timeout_ms(Duration::ZERO).is_err());
+        assert!(output_buffer_timeout_ms(Duration::from_micros(500)).is_err());
+        assert!(output_buffer_timeout_ms(Duration::from_micros(1500)).is_err());
     }
 
     #[test]

@@ -136,10 +136,12 @@ pub(crate) struct Connection {
     pub(crate) identify: IdentifyResponse,
 }
 
-/// Opens and identifies a connection to `addr` (`host:port`).
+/// Opens and identifies a connection to `addr` (`host:port`), asking for
+/// `output_buffer_timeout` (in ms, see [`crate::config::output_buffer_timeout_ms`]) when given.
 pub(crate) async fn connect(
     addr: &str,
     config: &ConnectionConfig,
+    output_buffer_timeout: Option<i64>,
 ) -> Result<Connection, ConnectError> {
     let timeout = config.connect_timeout;
     let io_err = |source| ConnectError::Io {
@@ -160,7 +162,7 @@ pub(crate) async fn connect(
         tls_v1: config.tls.is_some(),
         msg_timeout: config.msg_timeout.map(|d| d.as_millis() as u64),
         output_buffer_size: config.output_buffer_size,
-        output_buffer_timeout: config.output_buffer_timeout.map(|d| d.as_millis() as i64),
+        output_buffer_timeout,
     };
     let json = serde_json::to_vec(&identify).map_err(|e| ConnectError::Handshake {
         addr: addr.to_string(),
@@ -241,6 +243,15 @@ pub(crate) async fn connect(
         writer,
         identify,
     })
+}
+
+/// True when nsqd refused IDENTIFY because of the output-buffer timeout asked for: outside its
+/// `--min-output-buffer-timeout` .. `--max-output-buffer-timeout`. nsqd v1.3.0 answers
+/// `E_BAD_BODY IDENTIFY output buffer timeout (N) is invalid` (`clientV2.SetOutputBuffer`)
+/// and closes the connection.
+pub(crate) fn refused_output_buffer_timeout(err: &ConnectError) -> bool {
+    matches!(err, ConnectError::Handshake { reason, .. }
+        if reason.contains("E_BAD_BODY") && reason.contains("output buffer timeout (") && reason.contains("is invalid"))
 }
 
 async fn with_timeout<T>(

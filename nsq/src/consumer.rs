@@ -27,7 +27,7 @@ use tokio::sync::{broadcast, mpsc, watch, Notify};
 use tokio::time::Instant;
 
 use crate::backoff::{capped, Backoff};
-use crate::config::{check_tcp_address, lookupd_url, ConsumerConfig};
+use crate::config::{check_tcp_address, lookupd_url, output_buffer_timeout_ms, ConsumerConfig};
 use crate::conn::{self, ReadError};
 use crate::error::{ConfigError, InvalidInput};
 use crate::events::{Event, Events};
@@ -39,6 +39,9 @@ use crate::protocol::{self, encode, Frame};
 #[derive(Debug)]
 pub struct Messages {
     rx: mpsc::UnboundedReceiver<Message>,
+    /// The manager's loop iterations, so that a test can see it idle (not spinning).
+    #[cfg(test)]
+    wakeups: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Messages {
@@ -64,6 +67,11 @@ pub struct NodeStats {
     pub rdy: u32,
     /// Messages delivered on it and not yet finished or requeued.
     pub in_flight: u32,
+    /// How long nsqd may hold a message for this connection in its output buffer, as nsqd
+    /// reported in its IDENTIFY answer (`None` when not connected, or when nsqd runs no flush
+    /// timer). The requested [`ConsumerConfig::output_buffer_timeout`] when nsqd granted it,
+    /// nsqd's `--output-buffer-timeout` when it refused it.
+    pub output_buffer_timeout: Option<Duration>,
 }
 
 /// A snapshot of the consumer's connections.
@@ -95,6 +103,7 @@ enum Report {
         addr: String,
         handle: Arc<ConnHandle>,
         max_rdy: u32,
+        output_buffer_timeout: Option<Duration>,
     },
     Down {
         addr: String,
@@ -110,6 +119,27 @@ struct NodeCtl {
     wake: Notify,
 }
 
+/// How connection writers wake the manager when in-flight counts drop while an RDY target
+/// waits for them (more nodes than the budget spreads evenly, or RDY moving between nodes).
+///
+/// The manager sets `waiting` before it reads the in-flight counts; a writer lowers its count
+/// before it reads `waiting`. Both use `SeqCst`, so either the manager sees the lower count
+/// or the writer sees `waiting` and notifies (a notification with nobody waiting is kept).
+#[derive(Default)]
+struct RdyWake {
+    waiting: AtomicBool,
+    notify: Notify,
+}
+
+impl RdyWake {
+    /// Called by a writer after it lowered a connection's in-flight count.
+    fn drained(&self) {
+        if self.waiting.load(Ordering::SeqCst) {
+            self.notify.notify_one();
+        }
+    }
+}
+
 struct Node {
     fixed: bool,
     discovered: bool,
@@ -117,9 +147,13 @@ struct Node {
     live: Option<(Arc<ConnHandle>, u32)>,
     rdy: u32,
     stopping: bool,
+    /// The live connection's output-buffer timeout, from nsqd's IDENTIFY answer.
+    output_buffer_timeout: Option<Duration>,
 }
 
-type Snapshot = Arc<Mutex<BTreeMap<String, (Option<Arc<ConnHandle>>, u32)>>>;
+/// What [`Consumer::stats`] reads per node: the live connection, its RDY and its
+/// output-buffer timeout.
+type Snapshot = Arc<Mutex<BTreeMap<String, (Option<Arc<ConnHandle>>, u32, Option<Duration>)>>>;
 
 struct Shared {
     control: mpsc::UnboundedSender<Control>,
@@ -178,6 +212,9 @@ impl Consumer {
         if config.max_in_flight == 0 {
             return Err(ConfigError::MaxInFlight);
         }
+        if let Some(d) = config.output_buffer_timeout {
+            output_buffer_timeout_ms(d)?;
+        }
         if config.nsqd_tcp_addresses.is_empty() && config.lookupd_http_addresses.is_empty() {
             return Err(ConfigError::NoSources);
         }
@@ -190,6 +227,8 @@ impl Consumer {
             .map(|a| lookupd_url(a))
             .collect::<Result<Vec<_>, _>>()?;
 
+        #[cfg(test)]
+        let wakeups: Arc<std::sync::atomic::AtomicU64> = Arc::default();
         let (msg_tx, msg_rx) = mpsc::unbounded_channel();
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = watch::channel(false);
@@ -203,7 +242,8 @@ impl Consumer {
             topic: topic.to_string(),
             channel: channel.to_string(),
         });
-        let manager = Manager::new(
+        #[allow(unused_mut)]
+        let mut manager = Manager::new(
             topic.to_string(),
             channel.to_string(),
             config,
@@ -212,11 +252,22 @@ impl Consumer {
             snapshot,
             msg_tx,
         );
+        #[cfg(test)]
+        {
+            manager.wakeups = Arc::clone(&wakeups);
+        }
         tokio::spawn(async move {
             manager.run(control_rx).await;
             let _ = done_tx.send(true);
         });
-        Ok((Consumer { shared }, Messages { rx: msg_rx }))
+        Ok((
+            Consumer { shared },
+            Messages {
+                rx: msg_rx,
+                #[cfg(test)]
+                wakeups,
+            },
+        ))
     }
 
     /// Every connection event from now on.
@@ -242,10 +293,11 @@ impl Consumer {
             .lock()
             .map(|s| {
                 s.iter()
-                    .map(|(addr, (handle, rdy))| NodeStats {
+                    .map(|(addr, (handle, rdy, obt))| NodeStats {
                         addr: addr.clone(),
                         connected: handle.is_some(),
                         rdy: *rdy,
+                        output_buffer_timeout: *obt,
                         in_flight: handle
                             .as_ref()
                             .map(|h| h.in_flight.load(Ordering::Relaxed))
@@ -304,6 +356,9 @@ struct Manager {
     closing: bool,
     backoff: BackoffState,
     rotation: usize,
+    rdy_wake: Arc<RdyWake>,
+    #[cfg(test)]
+    wakeups: Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -351,6 +406,9 @@ impl Manager {
                 phase: Phase::Normal,
             },
             rotation: 0,
+            rdy_wake: Arc::default(),
+            #[cfg(test)]
+            wakeups: Arc::default(),
         }
     }
 
@@ -369,7 +427,12 @@ impl Manager {
                 self.events.clone(),
             )))
         };
-        let mut recheck: Option<Instant> = None;
+        // False once every `Consumer` handle is gone: `recv` would then return `None` at once,
+        // for ever, and the loop would spin while the connections drain.
+        let mut control_open = true;
+        // An RDY target waits for in-flight messages to end (see `RdyWake`).
+        let mut unmet = false;
+        let rdy_wake = Arc::clone(&self.rdy_wake);
         let mut rotate = tokio::time::interval(
             self.config
                 .rdy_redistribute_interval
@@ -385,13 +448,15 @@ impl Manager {
                 _ => None,
             };
             let far = Instant::now() + Duration::from_secs(3600);
+            #[cfg(test)]
+            self.wakeups.fetch_add(1, Ordering::Relaxed);
             tokio::select! {
-                c = control.recv() => match c {
-                    Some(Control::Close) | None => {
-                        if !self.closing {
-                            self.start_close();
-                            if let Some(t) = &lookup_task { t.abort(); }
-                        }
+                c = control.recv(), if control_open => {
+                    // Every handle dropped without close(): close all the same.
+                    control_open = c.is_some();
+                    if !self.closing {
+                        self.start_close();
+                        if let Some(t) = &lookup_task { t.abort(); }
                     }
                 },
                 Some(report) = self.reports_rx.recv() => self.on_report(report),
@@ -399,7 +464,7 @@ impl Manager {
                 _ = tokio::time::sleep_until(pause_until.unwrap_or(far)), if pause_until.is_some() => {
                     self.backoff.phase = Phase::Testing;
                 }
-                _ = tokio::time::sleep_until(recheck.unwrap_or(far)), if recheck.is_some() => {}
+                _ = rdy_wake.notify.notified(), if unmet => {}
                 _ = rotate.tick() => {
                     let live = self.nodes.values().filter(|n| n.live.is_some()).count();
                     if live > self.config.max_in_flight as usize {
@@ -409,8 +474,9 @@ impl Manager {
                     }
                 }
             }
-            let unmet = self.rebalance();
-            recheck = unmet.then(|| Instant::now() + Duration::from_millis(5));
+            self.rdy_wake.waiting.store(true, Ordering::SeqCst);
+            unmet = self.rebalance();
+            self.rdy_wake.waiting.store(unmet, Ordering::SeqCst);
             self.publish_snapshot();
         }
         if let Some(t) = lookup_task {
@@ -444,6 +510,7 @@ impl Manager {
             report_success: Arc::clone(&self.report_success),
             msg_tx,
             events: self.events.clone(),
+            rdy_wake: Arc::clone(&self.rdy_wake),
         };
         tokio::spawn(task.run());
         self.events.emit(Event::NodeAdded { addr: addr.clone() });
@@ -456,6 +523,7 @@ impl Manager {
                 live: None,
                 rdy: 0,
                 stopping: false,
+                output_buffer_timeout: None,
             },
         );
     }
@@ -488,6 +556,7 @@ impl Manager {
                 addr,
                 handle,
                 max_rdy,
+                output_buffer_timeout,
             } => {
                 if let Some(node) = self.nodes.get_mut(&addr) {
                     if node.stopping {
@@ -495,12 +564,14 @@ impl Manager {
                     }
                     node.live = Some((handle, max_rdy));
                     node.rdy = 0;
+                    node.output_buffer_timeout = output_buffer_timeout;
                 }
             }
             Report::Down { addr } => {
                 if let Some(node) = self.nodes.get_mut(&addr) {
                     node.live = None;
                     node.rdy = 0;
+                    node.output_buffer_timeout = None;
                 }
                 // A discovered node that lookupd stopped listing is kept only while it is
                 // connected; once its connection ends it is dropped, not retried.
@@ -640,7 +711,7 @@ impl Manager {
         }
         let usage = |node: &Node| -> u32 {
             match &node.live {
-                Some((h, _)) => node.rdy.max(h.in_flight.load(Ordering::Relaxed)),
+                Some((h, _)) => node.rdy.max(h.in_flight.load(Ordering::SeqCst)),
                 None => 0,
             }
         };
@@ -680,7 +751,11 @@ impl Manager {
             for (addr, node) in &self.nodes {
                 s.insert(
                     addr.clone(),
-                    (node.live.as_ref().map(|(h, _)| Arc::clone(h)), node.rdy),
+                    (
+                        node.live.as_ref().map(|(h, _)| Arc::clone(h)),
+                        node.rdy,
+                        node.output_buffer_timeout,
+                    ),
                 );
             }
         }
@@ -699,6 +774,7 @@ struct ConnTask {
     report_success: Arc<AtomicBool>,
     msg_tx: mpsc::UnboundedSender<Message>,
     events: Events,
+    rdy_wake: Arc<RdyWake>,
 }
 
 impl ConnTask {
@@ -712,7 +788,7 @@ impl ConnTask {
                 break;
             }
             let reason = match self.connect_and_subscribe().await {
-                Ok((connection, max_rdy)) => {
+                Ok((connection, max_rdy, output_buffer_timeout)) => {
                     backoff.reset();
                     let (tx, rx) = mpsc::unbounded_channel();
                     let handle = Arc::new(ConnHandle {
@@ -729,6 +805,7 @@ impl ConnTask {
                         addr: self.addr.clone(),
                         handle: Arc::clone(&handle),
                         max_rdy,
+                        output_buffer_timeout,
                     });
                     let end = self.pump(connection, &handle, rx).await;
                     handle.in_flight.store(0, Ordering::Relaxed);
@@ -771,10 +848,12 @@ impl ConnTask {
         });
     }
 
-    async fn connect_and_subscribe(&self) -> Result<(conn::Connection, u32), String> {
-        let mut connection = conn::connect(&self.addr, &self.config.connection)
-            .await
-            .map_err(|e| e.to_string())?;
+    /// Connects, identifies and subscribes: the connection, nsqd's max RDY and the
+    /// output-buffer timeout in effect.
+    async fn connect_and_subscribe(
+        &self,
+    ) -> Result<(conn::Connection, u32, Option<Duration>), String> {
+        let mut connection = self.connect().await?;
         let mut out = BytesMut::new();
         encode::sub(&mut out, &self.topic, &self.channel);
         connection
@@ -800,7 +879,35 @@ impl ConnTask {
             .ok()
             .filter(|m| *m > 0)
             .unwrap_or(2500);
-        Ok((connection, max_rdy))
+        let output_buffer_timeout = u64::try_from(connection.identify.output_buffer_timeout)
+            .ok()
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis);
+        Ok((connection, max_rdy, output_buffer_timeout))
+    }
+
+    /// Opens and identifies a connection, asking for the configured output-buffer timeout.
+    /// When nsqd refuses it (below its `--min-output-buffer-timeout`), connects again without
+    /// it: messages still flow, on nsqd's default flush timer, and the event (and one WARN per
+    /// consumer) says which nsqd flag to change. Each new connection asks again.
+    async fn connect(&self) -> Result<conn::Connection, String> {
+        let requested = self.config.output_buffer_timeout;
+        // Checked in Consumer::new; a value that fails here is simply not asked for.
+        let ms = requested.and_then(|d| output_buffer_timeout_ms(d).ok());
+        match conn::connect(&self.addr, &self.config.connection, ms).await {
+            Ok(c) => Ok(c),
+            Err(e) if ms.is_some() && conn::refused_output_buffer_timeout(&e) => {
+                self.events.emit(Event::OutputBufferTimeoutRefused {
+                    addr: self.addr.clone(),
+                    requested: requested.unwrap_or_default(),
+                    reason: e.to_string(),
+                });
+                conn::connect(&self.addr, &self.config.connection, None)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Runs a subscribed connection. `Ok(())` after a clean CLS drain, `Err(reason)` when it
@@ -931,9 +1038,10 @@ impl ConnTask {
                     let _ =
                         handle
                             .in_flight
-                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
                                 Some(v.saturating_sub(finished))
                             });
+                    self.rdy_wake.drained();
                 }
             }
         };
@@ -1085,5 +1193,62 @@ fn join_host_port(host: &str, port: u16) -> String {
         format!("[{host}]:{port}")
     } else {
         format!("{host}:{port}")
+    }
+}
+
+#[cfg(all(test, feature = "testkit"))]
+mod tests {
+    use super::*;
+    use crate::testkit::Nsqd;
+
+    /// Every `Consumer` handle dropped without `close()` closes the consumer, and the manager
+    /// waits idle (not spinning) while the connection drains, then ends.
+    ///
+    /// The observable is the manager's loop count, not CPU time: a spinning manager turns its
+    /// loop at least thousands of times in the window even with a small share of a loaded
+    /// CPU (each turn is microseconds), while an idle one wakes only for events (none here)
+    /// and the RDY rotation tick (every 2 s): a handful at most.
+    #[tokio::test]
+    async fn dropped_handles_close_without_spinning() {
+        let nsqd = Nsqd::start().await;
+        nsqd.create_channel("dropped", "test").await;
+        let producer =
+            crate::Producer::connect(&nsqd.tcp_address(), crate::ProducerConfig::default())
+                .unwrap();
+        producer
+            .publish("dropped", bytes::Bytes::from_static(b"held"))
+            .await
+            .unwrap();
+        let config = ConsumerConfig {
+            nsqd_tcp_addresses: vec![nsqd.tcp_address()],
+            // Longer than the test: the held message keeps the connection draining.
+            close_timeout: Duration::from_secs(120),
+            ..Default::default()
+        };
+        let (consumer, mut messages) = Consumer::new("dropped", "test", config).unwrap();
+        let held = tokio::time::timeout(Duration::from_secs(20), messages.recv())
+            .await
+            .expect("a message within 20 s")
+            .expect("the consumer is open");
+        drop(consumer);
+
+        // The manager has started to close (CLS sent); the held message keeps it waiting.
+        let before = messages.wakeups.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let turns = messages.wakeups.load(Ordering::Relaxed) - before;
+        assert!(
+            turns < 100,
+            "the manager turned {turns} times in 500 ms with nothing to do"
+        );
+
+        // Finishing the last message lets the connection close and the manager end, which
+        // ends the message stream.
+        held.finish();
+        let end = tokio::time::timeout(Duration::from_secs(20), messages.recv()).await;
+        assert!(
+            matches!(end, Ok(None)),
+            "the stream ends once the manager ended"
+        );
+        producer.close().await;
     }
 }

@@ -179,4 +179,7 @@ pub enum ConfigError {
     /// max_in_flight of 0.
     #[error("max_in_flight must be at least 1")]
     MaxInFlight,
+    /// An output-buffer timeout nsqd cannot take.
+    #[error("output buffer timeout {0:?} is not valid: use whole milliseconds from 1ms (or none for nsqd's default)")]
+    OutputBufferTimeout(Duration),
 }

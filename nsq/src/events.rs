@@ -3,6 +3,8 @@
 //! Nothing here stays silent: every connect, disconnect (with its reason) and reconnect
 //! attempt becomes an [`Event`].
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::broadcast;
@@ -46,6 +48,18 @@ pub enum Event {
         /// The nsqd addresses listed, by every lookupd that answered.
         nodes: Vec<String>,
     },
+    /// nsqd refused the output-buffer timeout a consumer asked for in IDENTIFY (outside its
+    /// `--min-output-buffer-timeout` .. `--max-output-buffer-timeout`); the consumer connected
+    /// again without it, so nsqd's own `--output-buffer-timeout` applies to this connection.
+    /// Emitted on every such connection; logged as a WARN once per consumer.
+    OutputBufferTimeoutRefused {
+        /// The nsqd address.
+        addr: String,
+        /// What the consumer asked for.
+        requested: Duration,
+        /// nsqd's error text.
+        reason: String,
+    },
     /// A lookupd query failed; discovery goes on with the others.
     LookupFailed {
         /// The lookupd URL.
@@ -59,12 +73,18 @@ pub enum Event {
 #[derive(Clone, Debug)]
 pub(crate) struct Events {
     tx: broadcast::Sender<Event>,
+    /// Set once the output-buffer fallback was logged as a WARN: it is a configuration
+    /// problem of nsqd, worth one line per consumer, not one per reconnect.
+    warned_output_buffer: Arc<AtomicBool>,
 }
 
 impl Events {
     pub(crate) fn new() -> Self {
         let (tx, _) = broadcast::channel(1024);
-        Events { tx }
+        Events {
+            tx,
+            warned_output_buffer: Arc::default(),
+        }
     }
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Event> {
@@ -89,6 +109,28 @@ impl Events {
                 tracing::info!(nsqd = %addr, "stopped consuming from nsqd")
             }
             Event::Looked { nodes } => tracing::debug!(?nodes, "nsqlookupd answered"),
+            Event::OutputBufferTimeoutRefused {
+                addr,
+                requested,
+                reason,
+            } => {
+                if self.warned_output_buffer.swap(true, Ordering::Relaxed) {
+                    tracing::debug!(nsqd = %addr, ?requested, %reason, "nsqd refused the output buffer timeout again: using its default");
+                } else {
+                    tracing::warn!(
+                        nsqd = %addr,
+                        ?requested,
+                        %reason,
+                        "nsqd refused the output buffer timeout this consumer asked for, so it \
+                         flushes messages to it on its own --output-buffer-timeout (250ms \
+                         unless changed) and a lone message can wait that long. For low \
+                         latency start nsqd with --min-output-buffer-timeout at or below the \
+                         requested value (e.g. --min-output-buffer-timeout=1ms); to keep nsqd's \
+                         default without this warning, ask for none (output buffer timeout 0). \
+                         Logged once per consumer; consuming goes on"
+                    );
+                }
+            }
             Event::LookupFailed { url, reason } => {
                 tracing::warn!(lookupd = %url, %reason, "nsqlookupd query failed")
             }

@@ -39,8 +39,8 @@ mod test_alloc;
 pub mod testkit;
 
 pub use config::{
-    check_tcp_address, hostname, lookupd_url, ConnectionConfig, ConsumerConfig, ProducerConfig,
-    TlsSettings,
+    check_tcp_address, hostname, lookupd_url, output_buffer_timeout_ms, ConnectionConfig,
+    ConsumerConfig, ProducerConfig, TlsSettings, DEFAULT_OUTPUT_BUFFER_TIMEOUT,
 };
 pub use consumer::{Consumer, ConsumerStats, Messages, NodeStats};
 pub use error::{ConfigError, ConnectError, InvalidInput, ProtocolError, PublishError};

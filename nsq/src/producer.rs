@@ -411,7 +411,7 @@ async fn run(task: Task, mut rx: mpsc::Receiver<Request>) {
             break;
         }
         state.send_replace(ConnectionState::Connecting);
-        let reason = match conn::connect(&addr, &config.connection).await {
+        let reason = match conn::connect(&addr, &config.connection, None).await {
             Ok(connection) => {
                 backoff.reset();
                 state.send_replace(ConnectionState::Connected);

@@ -313,6 +313,9 @@ pub struct IdentifyResponse {
     /// Whether nsqd requires AUTH before anything else.
     #[serde(default)]
     pub auth_required: bool,
+    /// The output-buffer timeout in effect for this connection (ms; 0: no timer).
+    #[serde(default)]
+    pub output_buffer_timeout: i64,
 }
 
 /// nsqd's answer to AUTH (the auth server's decision, relayed).

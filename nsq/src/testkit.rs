@@ -230,6 +230,12 @@ impl Nsqlookupd {
     }
 }
 
+/// The nsqd flags every configuration shipped with the suite sets (Procfile,
+/// docker-compose.yml, the benchmark, and every nsqd this testkit starts unless told
+/// otherwise): let consumers ask for a 1 ms output-buffer timeout, which the services do by
+/// default ([`crate::DEFAULT_OUTPUT_BUFFER_TIMEOUT`]). nsqd's own minimum is 25 ms.
+pub const SHIPPED_NSQD_ARGS: &[&str] = &["--min-output-buffer-timeout=1ms"];
+
 /// Options for an nsqd.
 #[derive(Default, Clone)]
 pub struct NsqdBuilder {
@@ -237,6 +243,8 @@ pub struct NsqdBuilder {
     lookupd_tcp: Vec<String>,
     msg_timeout: Option<Duration>,
     extra: Vec<String>,
+    /// Leave out [`SHIPPED_NSQD_ARGS`]: nsqd on NSQ's own defaults.
+    stock: bool,
 }
 
 impl NsqdBuilder {
@@ -256,6 +264,13 @@ impl NsqdBuilder {
     /// already points at it.
     pub fn ports(mut self, tcp: u16, http: u16) -> Self {
         self.ports = Some((tcp, http));
+        self
+    }
+
+    /// nsqd on NSQ's own defaults, without [`SHIPPED_NSQD_ARGS`]: an existing cluster that
+    /// was not set up for this suite (a 25 ms `--min-output-buffer-timeout`).
+    pub fn stock(mut self) -> Self {
+        self.stock = true;
         self
     }
 
@@ -310,7 +325,7 @@ impl Nsqd {
         NsqdBuilder::default()
     }
 
-    /// An nsqd with default options and no lookupd.
+    /// An nsqd with the suite's shipped options ([`SHIPPED_NSQD_ARGS`]) and no lookupd.
     pub async fn start() -> Nsqd {
         NsqdBuilder::default().start().await
     }
@@ -329,6 +344,9 @@ impl Nsqd {
         }
         if let Some(t) = self.options.msg_timeout {
             args.push(format!("--msg-timeout={}ms", t.as_millis()));
+        }
+        if !self.options.stock {
+            args.extend(SHIPPED_NSQD_ARGS.iter().map(|a| a.to_string()));
         }
         args.extend(self.options.extra.iter().cloned());
         args

@@ -521,6 +521,8 @@ fn compose_file_and_dockerfile_keep_the_deployment_rules() {
         "--lookupd-tcp-address=nsqlookupd:4160",
         "--broadcast-address=nsqd",
         "--data-path=/data",
+        // The services' default --output-buffer-timeout (1ms) needs it.
+        "--min-output-buffer-timeout=1ms",
     ] {
         assert!(
             command.iter().any(|w| w == flag),

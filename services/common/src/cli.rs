@@ -136,6 +136,36 @@ pub struct ConsumerArgs<const MAX_IN_FLIGHT: u32> {
         value_parser = Parse(output_buffer_size)
     )]
     pub output_buffer_size: i64,
+
+    /// Longest nsqd may hold a message for this consumer in its output buffer: a lone
+    /// message waits up to this long per hop. nsqd grants it only at or above its
+    /// --min-output-buffer-timeout (25ms unless changed; the suite's configurations set 1ms);
+    /// otherwise the consumer falls back to nsqd's --output-buffer-timeout (250ms) with one
+    /// WARN. 0 asks for nothing (nsqd's default)
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value_t = HumanDuration::from_millis(1),
+        value_parser = Parse(output_buffer_timeout)
+    )]
+    pub output_buffer_timeout: HumanDuration,
+}
+
+/// Parses `--output-buffer-timeout`: 0 (ask for nothing), or whole milliseconds from 1ms.
+pub fn output_buffer_timeout(text: &str) -> Result<HumanDuration, Invalid> {
+    let d: HumanDuration = text.parse()?;
+    if d.get().is_zero() || nsq::output_buffer_timeout_ms(d.get()).is_ok() {
+        Ok(d)
+    } else {
+        Err(Invalid::Value(
+            "must be 0 (nsqd's default) or whole milliseconds from 1ms, e.g. 1ms".to_owned(),
+        ))
+    }
+}
+
+/// The output-buffer timeout to ask nsqd for: `None` (0) keeps nsqd's default.
+pub fn requested(timeout: &HumanDuration) -> Option<std::time::Duration> {
+    Some(timeout.get()).filter(|d| !d.is_zero())
 }
 
 /// Parses `--output-buffer-size`: 0, -1 or 64 to 65536.
@@ -161,6 +191,11 @@ impl<const MAX_IN_FLIGHT: u32> ConsumerArgs<MAX_IN_FLIGHT> {
     /// The nsqd addresses (`host:port`).
     pub fn nsqd_addresses(&self) -> Vec<String> {
         crate::addr::to_strings(&self.nsqd_tcp_address)
+    }
+
+    /// The output-buffer timeout to ask nsqd for: `None` keeps nsqd's default.
+    pub fn output_buffer_timeout(&self) -> Option<std::time::Duration> {
+        requested(&self.output_buffer_timeout)
     }
 
     /// The output buffer to ask nsqd for: `None` keeps nsqd's default.
@@ -292,6 +327,23 @@ mod tests {
     use clap::Parser;
 
     use super::*;
+
+    #[test]
+    fn output_buffer_timeout_is_0_or_whole_milliseconds() {
+        let ms = |t: &str| output_buffer_timeout(t).map(|d| requested(&d));
+        assert_eq!(
+            ms("1ms").ok(),
+            Some(Some(std::time::Duration::from_millis(1)))
+        );
+        assert_eq!(
+            ms("5ms").ok(),
+            Some(Some(std::time::Duration::from_millis(5)))
+        );
+        assert_eq!(ms("0").ok(), Some(None), "0 asks for nothing");
+        assert!(ms("500us").is_err());
+        assert!(ms("1500us").is_err());
+        assert!(ms("soon").is_err());
+    }
 
     #[derive(Parser)]
     struct Cli {

@@ -121,6 +121,7 @@ impl Replay {
             lookupd_poll_interval: settings.consumer.lookupd_poll_interval.get(),
             max_in_flight: MAX_IN_FLIGHT,
             max_attempts: 0,
+            output_buffer_timeout: settings.consumer.output_buffer_timeout(),
             ..ConsumerConfig::default()
         };
         let (status, status_msgs) = Consumer::new(

@@ -228,6 +228,7 @@ impl Application {
                 // The logger never gives up on a result: a write that keeps failing is an
                 // operator's problem, visible in /ready and the logs, not a reason to drop.
                 max_attempts: 0,
+                output_buffer_timeout: s.consumer.output_buffer_timeout(),
                 ..ConsumerConfig::default()
             },
         )

@@ -196,13 +196,14 @@ async fn writes_each_result_once() {
         .map(|w| w["worker_id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["w-even", "w-odd"]);
-    assert_eq!(
+    // /ready is refreshed every 250 ms; the lines can be written before the first refresh
+    // after the connection (nsqd now flushes within 1 ms), so wait for it.
+    wait_until("/ready is 200", Duration::from_secs(10), || async {
         reqwest::get(format!("{base}/ready"))
             .await
-            .unwrap()
-            .status(),
-        200
-    );
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
 
     stop.send(()).unwrap();
     run.await.unwrap().unwrap();

@@ -11,6 +11,7 @@ use clap::Parser;
 use serde::Serialize;
 use suite_common::{
     addr::{HostPort, ListenAddr, LookupdAddr},
+    cli::output_buffer_timeout,
     cli::{CommonArgs, CommonCommand, LogArgs, ServiceCli},
     security::NsqSecurityArgs,
     setting::{at_least_one, message_id, HumanDuration, Invalid, Parse, Topic},
@@ -132,6 +133,18 @@ pub struct Config {
     /// Topic of the answers for ranges no longer in the history
     #[arg(long, value_name = "TOPIC", default_value = messages::REPLAY_UNAVAILABLE_TOPIC)]
     pub replay_unavailable_topic: Topic,
+
+    /// Longest nsqd may hold a replay request for this sensor in its output buffer: nsqd
+    /// grants it only at or above its --min-output-buffer-timeout (25ms unless changed; the
+    /// suite's configurations set 1ms); otherwise the sensor falls back to nsqd's
+    /// --output-buffer-timeout (250ms) with one WARN. 0 asks for nothing (nsqd's default)
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value_t = HumanDuration::from_millis(1),
+        value_parser = Parse(output_buffer_timeout)
+    )]
+    pub output_buffer_timeout: HumanDuration,
 
     /// With --count: after the last reading is confirmed, keep answering replay requests
     /// and announcing the status this long before exiting (SIGTERM ends it sooner)

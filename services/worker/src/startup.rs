@@ -141,6 +141,7 @@ impl Application {
                 lookupd_poll_interval: s.consumer.lookupd_poll_interval.get(),
                 max_in_flight: s.consumer.max_in_flight,
                 max_attempts: s.max_attempts,
+                output_buffer_timeout: s.consumer.output_buffer_timeout(),
                 ..ConsumerConfig::default()
             },
         )

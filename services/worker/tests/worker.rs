@@ -226,13 +226,14 @@ async fn readings_become_results_and_garbage_is_dead_lettered() {
             "{needle} missing from:\n{metrics}"
         );
     }
-    assert_eq!(
+    // /ready is refreshed on a timer; the results can be out before its first refresh after
+    // the connection (nsqd now flushes within 1 ms), so wait for it.
+    wait_until("/ready is 200", Duration::from_secs(10), || async {
         reqwest::get(format!("{base}/ready"))
             .await
-            .unwrap()
-            .status(),
-        200
-    );
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
 
     stop.send(()).unwrap();
     run.await.unwrap().unwrap();
