@@ -779,6 +779,81 @@ fn every_environment_variable_is_read_by_its_service() {
     );
 }
 
+/// Runs `<compose> -f docker-compose.yml -f docker-compose.secure.yml config -q` with `env`.
+fn validate_secure_override(env: &[(&str, &str)]) -> Result<(), String> {
+    let out = compose_validator()
+        .current_dir(repo_root())
+        .args([
+            "-f",
+            "docker-compose.yml",
+            "-f",
+            "docker-compose.secure.yml",
+            "--profile",
+            "archive",
+            "config",
+            "-q",
+        ])
+        .env_remove("COMPOSE_FILE")
+        .env_remove("COMPOSE_PROFILES")
+        .env_remove("NSQ_AUTH_HTTP_ADDRESS")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run the Compose validator");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+#[test]
+fn the_secure_override_validates_and_every_variable_is_read() {
+    validate_secure_override(&[("NSQ_AUTH_HTTP_ADDRESS", "auth:4181")])
+        .unwrap_or_else(|e| panic!("docker-compose.secure.yml does not validate:\n{e}"));
+    let err = validate_secure_override(&[]).expect_err("runs without an auth service");
+    assert!(err.contains("NSQ_AUTH_HTTP_ADDRESS"), "{err}");
+
+    // Each service, with the base file's environment plus the override's, reads every
+    // variable (TLS on, the files under /run/secrets, the secret from a file).
+    let path = repo_root().join("docker-compose.secure.yml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let secure: ComposeFile = serde_norway::from_str(&text).unwrap();
+    let base = compose();
+    let stages = dockerfile();
+    let mut checked = 0;
+    for (name, service) in &secure.services {
+        let extra = service.env();
+        if extra.is_empty() {
+            continue;
+        }
+        let base_service = &base.services[name];
+        let target = base_service.target().unwrap();
+        let mut env = container_env(&stages, base_service);
+        env.extend(extra.iter().cloned());
+        let (printed, _) = print_config(target, &env);
+        for (var, value) in &extra {
+            let key = var
+                .strip_prefix(&env_prefix(target))
+                .unwrap()
+                .to_ascii_lowercase();
+            let got = printed
+                .get(&key)
+                .unwrap_or_else(|| panic!("{name}: {var} is not read by {target}"));
+            let redacted = got.as_str() == Some("<redacted>") && key.contains("secret");
+            assert!(
+                redacted || same_value(got, value),
+                "{name}: {var}={value:?} but {target} runs with {key} = {got}"
+            );
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 4, "sensor, worker, logger and archive");
+}
+
 // ---------------------------------------------------------------------------------------------
 // The topology, natively
 
