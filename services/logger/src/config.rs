@@ -175,6 +175,11 @@ pub struct Config {
     #[arg(long, value_name = "N", default_value_t = 200_000, value_parser = Parse(at_least_one::<usize>))]
     pub max_seq_ranges: usize,
 
+    /// Most replay requests made per tick (every 50-250 ms, a quarter of --gap-grace), over
+    /// all sensor epochs; a longer backlog of due requests waits for the next ticks
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = Parse(at_least_one::<usize>))]
+    pub replay_requests_per_tick: usize,
+
     /// How many seqs beyond those written (or lost) without a hole a gap may reach: longer
     /// than any sensor history; a forged seq further out opens no gap
     #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = Parse(at_least_one::<u64>))]
@@ -278,6 +283,7 @@ impl Config {
             backoff,
             backoff_max: backoff.saturating_mul(16),
             replay_window: self.replay_window,
+            max_requests_per_tick: self.replay_requests_per_tick,
             max_epochs: self.max_sensor_epochs,
             ..GapSettings::default()
         }

@@ -180,6 +180,11 @@ pub struct TickOutcome {
     pub evicted_example: Option<(String, u64)>,
     /// Complete epochs (final announcement, nothing missing) dropped since the last tick.
     pub completed: u64,
+    /// Epochs whose written or announced seqs reach beyond `replay_window`, at this tick
+    /// (looked at a window at a time), and one of them.
+    pub beyond_window: u64,
+    /// One of the `beyond_window` epochs, `(sensor_id, epoch, highest seq known)`.
+    pub beyond_window_example: Option<(String, u64, u64)>,
     /// Ranges reported lost that are in the output after all (reason
     /// [`LossReason::Recovered`]; already removed from the tracker's losses).
     pub recovered: Vec<Loss>,
@@ -433,8 +438,15 @@ impl Gaps {
                 losses,
                 unavailable,
                 deferred,
+                beyond_window,
             } = state.tick(&settings, now, written, &mut budget);
             outcome.deferred += deferred;
+            if let Some(highest) = beyond_window {
+                outcome.beyond_window += 1;
+                outcome
+                    .beyond_window_example
+                    .get_or_insert_with(|| (sensor_id.clone(), *epoch, highest));
+            }
             outcome
                 .losses
                 .extend(unavailable.into_iter().map(|(from, to)| Loss {
@@ -610,6 +622,8 @@ struct EpochTick {
     unavailable: Vec<(u64, u64)>,
     /// Due gaps not asked for in this tick for lack of budget.
     deferred: u64,
+    /// The highest seq known when it is beyond the window.
+    beyond_window: Option<u64>,
 }
 
 impl EpochState {
@@ -652,6 +666,8 @@ impl EpochState {
         // of 10^15 must not make 10^15 seqs missing. The window moves on as the prefix grows.
         let limit = covered_prefix(written, &self.lost).saturating_add(s.replay_window);
         let high = written.max_at_most(limit).max(self.announced.min(limit));
+        let highest_known = written.max().max(self.announced);
+        let beyond_window = (highest_known > limit).then_some(highest_known);
         if self.highs.back().is_none_or(|(_, h)| *h < high) && high > 0 {
             self.highs.push_back((now, high));
         }
@@ -801,6 +817,7 @@ impl EpochState {
             losses,
             unavailable,
             deferred,
+            beyond_window,
         }
     }
 }
@@ -1223,6 +1240,7 @@ mod tests {
         // The announcement counts only up to the replay window beyond what is written...
         let report = g.report(t0 + 1000 * MS);
         assert_eq!(report.missing, s.replay_window);
+        assert_eq!(out.beyond_window, 1);
         // ... and that is asked for a slice at a time.
         assert!(
             out.asks.len() <= s.max_requests_per_tick,

@@ -105,6 +105,8 @@ pub const SENSOR_EPOCHS: &str = "nsq_suite_sensor_epochs_tracked";
 /// Counter, label `reason` (`complete`, `limit`): sensor epochs the gap detection stopped
 /// tracking: complete ones, and the least recently active ones at `--max-sensor-epochs`.
 pub const EPOCHS_DROPPED: &str = "nsq_suite_sensor_epochs_dropped_total";
+/// Gauge: sensor epochs whose written or announced seqs reach beyond `--replay-window`.
+pub const EPOCHS_BEYOND_WINDOW: &str = "nsq_suite_sensor_epochs_beyond_window";
 /// Counter: due replay requests left for a later tick at the per-tick limit.
 pub const REPLAY_DEFERRED: &str = "nsq_suite_replay_requests_deferred_total";
 
@@ -139,6 +141,10 @@ pub fn describe_gaps() {
         "Missing seqs past the grace period, being asked for"
     );
     describe_gauge!(SENSOR_EPOCHS, "Sensor epochs tracked by the gap detection");
+    describe_gauge!(
+        EPOCHS_BEYOND_WINDOW,
+        "Sensor epochs whose seqs reach beyond --replay-window (looked at a window at a time)"
+    );
     describe_counter!(
         EPOCHS_DROPPED,
         "Sensor epochs no longer tracked, by reason (complete; limit: --max-sensor-epochs)"
@@ -155,6 +161,7 @@ pub fn describe_gaps() {
     }
     metrics::counter!(REPLAY_DEFERRED).increment(0);
     metrics::gauge!(SENSOR_EPOCHS).set(0.0);
+    metrics::gauge!(EPOCHS_BEYOND_WINDOW).set(0.0);
     for name in [
         READINGS_RECOVERED,
         REPLAY_REQUESTS,

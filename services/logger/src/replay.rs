@@ -35,7 +35,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     config::Config,
-    gaps::{Ask, GapSettings, Gaps, Loss, LossReason},
+    gaps::{Ask, Gaps, Loss, LossReason},
     lost::{LossList, LossRecord},
     metrics as m,
     seen::Seen,
@@ -91,6 +91,8 @@ pub struct Replay {
     evict_warnings: LogLimiter,
     /// Keeps the warning about deferred requests to one a second.
     defer_warnings: LogLimiter,
+    /// Keeps the warning about seqs beyond the window to one a second.
+    window_warnings: LogLimiter,
 }
 
 impl std::fmt::Debug for Replay {
@@ -174,6 +176,7 @@ impl Replay {
             tick,
             evict_warnings: LogLimiter::default(),
             defer_warnings: LogLimiter::default(),
+            window_warnings: LogLimiter::default(),
         })
     }
 
@@ -424,13 +427,28 @@ impl Replay {
                 );
             }
         }
+        metrics::gauge!(m::EPOCHS_BEYOND_WINDOW).set(outcome.beyond_window as f64);
+        if let Some((sensor_id, epoch, highest)) = &outcome.beyond_window_example {
+            if let Some(held_back) = self.window_warnings.check() {
+                tracing::warn!(
+                    epochs = outcome.beyond_window,
+                    held_back,
+                    example_sensor_id = %sensor_id,
+                    example_epoch = epoch,
+                    highest_seq = highest,
+                    replay_window = self.settings.replay_window,
+                    "seqs announced or written beyond --replay-window: gaps are looked at a \
+                     window at a time (a long outage, or forged messages)"
+                );
+            }
+        }
         if outcome.deferred > 0 {
             metrics::counter!(m::REPLAY_DEFERRED).increment(outcome.deferred);
             if let Some(held_back) = self.defer_warnings.check() {
                 tracing::warn!(
                     deferred = outcome.deferred,
                     held_back,
-                    per_tick = GapSettings::default().max_requests_per_tick,
+                    per_tick = self.settings.replay_requests_per_tick,
                     "more replay requests due than one tick may make: the rest follow in \
                      later ticks"
                 );
