@@ -410,11 +410,23 @@ fn compose_validator() -> Command {
 
 /// Runs `<compose> -f <file> config -q` in `dir`: Ok, or the validator's complaint.
 fn validate_compose(dir: &Path, file: &str) -> Result<(), String> {
-    let out = compose_validator()
-        .current_dir(dir)
-        .args(["-f", file, "--profile", "archive", "config", "-q"])
+    validate_compose_files(dir, &[file], &[])
+}
+
+/// Runs `<compose> -f <file>... --profile archive config -q` in `dir` with `env` (and no
+/// `COMPOSE_*` or `NSQ_AUTH_HTTP_ADDRESS` of ours): Ok, or the validator's complaint.
+fn validate_compose_files(dir: &Path, files: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
+    let mut cmd = compose_validator();
+    cmd.current_dir(dir);
+    for file in files {
+        cmd.args(["-f", file]);
+    }
+    let out = cmd
+        .args(["--profile", "archive", "config", "-q"])
         .env_remove("COMPOSE_FILE")
         .env_remove("COMPOSE_PROFILES")
+        .env_remove("NSQ_AUTH_HTTP_ADDRESS")
+        .envs(env.iter().copied())
         .output()
         .expect("run the Compose validator");
     if out.status.success() {
@@ -779,35 +791,13 @@ fn every_environment_variable_is_read_by_its_service() {
     );
 }
 
-/// Runs `<compose> -f docker-compose.yml -f docker-compose.secure.yml config -q` with `env`.
+/// Validates docker-compose.yml with docker-compose.secure.yml over it, with `env`.
 fn validate_secure_override(env: &[(&str, &str)]) -> Result<(), String> {
-    let out = compose_validator()
-        .current_dir(repo_root())
-        .args([
-            "-f",
-            "docker-compose.yml",
-            "-f",
-            "docker-compose.secure.yml",
-            "--profile",
-            "archive",
-            "config",
-            "-q",
-        ])
-        .env_remove("COMPOSE_FILE")
-        .env_remove("COMPOSE_PROFILES")
-        .env_remove("NSQ_AUTH_HTTP_ADDRESS")
-        .envs(env.iter().copied())
-        .output()
-        .expect("run the Compose validator");
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
+    validate_compose_files(
+        &repo_root(),
+        &["docker-compose.yml", "docker-compose.secure.yml"],
+        env,
+    )
 }
 
 #[test]

@@ -53,7 +53,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::seen::{EpochSet, Seen, SeqSet};
+use crate::seen::{lowest, EpochSet, Seen, SeqSet};
 
 /// How gaps are detected and asked for (from the logger's flags).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -584,18 +584,12 @@ impl Gaps {
             // has none), then the least recently active. A sixteenth of the limit goes at
             // once, so that the scan is paid once per many new epochs.
             let count = (self.settings.max_epochs / 16).clamp(1, self.epochs.len());
-            let mut order: Vec<(u64, Instant, &(String, u64))> = self
-                .epochs
-                .iter()
-                .map(|(k, s)| (s.written, s.active_at, k))
-                .collect();
-            if count < order.len() {
-                order.select_nth_unstable(count - 1);
-            }
-            let victims: Vec<(String, u64)> = order[..count]
-                .iter()
-                .map(|(_, _, k)| (*k).clone())
-                .collect();
+            let victims = lowest(
+                self.epochs
+                    .iter()
+                    .map(|(k, s)| ((s.written, s.active_at), k)),
+                count,
+            );
             for victim in victims {
                 self.epochs.remove(&victim);
                 self.dropped

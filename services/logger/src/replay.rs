@@ -93,6 +93,8 @@ pub struct Replay {
     defer_warnings: LogLimiter,
     /// Keeps the warning about seqs beyond the window to one a second.
     window_warnings: LogLimiter,
+    /// Keeps the error about rejected messages to one a second.
+    reject_warnings: LogLimiter,
 }
 
 impl std::fmt::Debug for Replay {
@@ -177,6 +179,7 @@ impl Replay {
             evict_warnings: LogLimiter::default(),
             defer_warnings: LogLimiter::default(),
             window_warnings: LogLimiter::default(),
+            reject_warnings: LogLimiter::default(),
         })
     }
 
@@ -252,7 +255,8 @@ impl Replay {
                     "sensor status"
                 );
                 if let Err(why) = crate::line::check_id("sensor_id", &status.sensor_id) {
-                    self.invalid(&msg, &self.settings.status_topic, &why);
+                    let topic = self.settings.status_topic.to_string();
+                    self.rejected(&msg, &topic, &why);
                 } else if let Ok(mut gaps) = self.gaps.lock() {
                     gaps.on_status(
                         &status.sensor_id,
@@ -264,7 +268,10 @@ impl Replay {
                     );
                 }
             }
-            Err(e) => self.undecodable(&msg, &self.settings.status_topic, &e),
+            Err(e) => {
+                let topic = self.settings.status_topic.to_string();
+                self.rejected(&msg, &topic, &e.to_string());
+            }
         }
         msg.finish();
     }
@@ -282,13 +289,15 @@ impl Replay {
                 answer
             }
             Err(e) => {
-                self.undecodable(&msg, &self.settings.replay_unavailable_topic, &e);
+                let topic = self.settings.replay_unavailable_topic.to_string();
+                self.rejected(&msg, &topic, &e.to_string());
                 msg.finish();
                 return;
             }
         };
         if let Err(why) = crate::line::check_id("sensor_id", &answer.sensor_id) {
-            self.invalid(&msg, &self.settings.replay_unavailable_topic, &why);
+            let topic = self.settings.replay_unavailable_topic.to_string();
+            self.rejected(&msg, &topic, &why);
             msg.finish();
             return;
         }
@@ -544,36 +553,25 @@ impl Replay {
         });
     }
 
-    /// Logs and counts a message that decodes but cannot be real (it is finished).
-    fn invalid(&self, msg: &Message, topic: &str, why: &str) {
+    /// Counts a message that does not decode, or decodes but cannot be real, and logs it
+    /// (at most one line a second: a flood of garbage must not flood the log). It is
+    /// finished by the caller: retrying cannot help.
+    fn rejected(&mut self, msg: &Message, topic: &str, why: &str) {
         metrics::counter!(
             m::DECODE_ERRORS,
             "topic" => topic.to_owned(), "channel" => self.settings.channel.to_string()
         )
         .increment(1);
-        tracing::error!(
-            id = msg.id(),
-            topic,
-            bytes = msg.body().len(),
-            error = why,
-            "message is not valid: finished without using it"
-        );
-    }
-
-    /// Logs and counts a message that does not decode (it is finished: retrying cannot help).
-    fn undecodable(&self, msg: &Message, topic: &str, error: &messages::CodecError) {
-        metrics::counter!(
-            m::DECODE_ERRORS,
-            "topic" => topic.to_owned(), "channel" => self.settings.channel.to_string()
-        )
-        .increment(1);
-        tracing::error!(
-            id = msg.id(),
-            topic,
-            bytes = msg.body().len(),
-            error = %error,
-            "message does not decode: finished without using it"
-        );
+        if let Some(held_back) = self.reject_warnings.check() {
+            tracing::error!(
+                id = msg.id(),
+                topic,
+                bytes = msg.body().len(),
+                error = why,
+                held_back,
+                "message is not a valid announcement or answer: finished without using it"
+            );
+        }
     }
 }
 

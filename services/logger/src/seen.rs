@@ -256,6 +256,20 @@ struct EpochSeen {
     touched: u64,
 }
 
+/// The keys of the `count` lowest-ranked items, in no particular order: the epochs to forget
+/// first. One partial sort, `O(n)`.
+pub fn lowest<'a, R: Ord>(
+    items: impl Iterator<Item = (R, &'a (String, u64))>,
+    count: usize,
+) -> Vec<(String, u64)> {
+    let mut order: Vec<(R, &(String, u64))> = items.collect();
+    let count = count.min(order.len());
+    if count > 0 && count < order.len() {
+        order.select_nth_unstable_by(count - 1, |a, b| a.0.cmp(&b.0));
+    }
+    order[..count].iter().map(|(_, k)| (*k).clone()).collect()
+}
+
 /// Epochs forgotten at a limit, as reported to the caller.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Forgotten {
@@ -342,20 +356,13 @@ impl Seen {
             // new epochs rather than once per result.
             let excess = self.epochs.len() - self.limits.max_epochs;
             let count = excess.max(self.limits.max_epochs / 16).max(1);
-            let mut order: Vec<(u64, u64, &(String, u64))> = self
-                .epochs
-                .iter()
-                .filter(|(k, _)| Some(*k) != keep)
-                .map(|(k, e)| (e.set.len(), e.touched, k))
-                .collect();
-            let count = count.min(order.len());
-            if count > 0 && count < order.len() {
-                order.select_nth_unstable(count - 1);
-            }
-            let victims: Vec<(String, u64)> = order[..count]
-                .iter()
-                .map(|(_, _, k)| (*k).clone())
-                .collect();
+            let victims = lowest(
+                self.epochs
+                    .iter()
+                    .filter(|(k, _)| Some(*k) != keep)
+                    .map(|(k, e)| ((e.set.len(), e.touched), k)),
+                count,
+            );
             for victim in victims {
                 self.forget(victim);
                 self.recent.epochs += 1;

@@ -63,6 +63,8 @@ pub struct Sink {
     started: Instant,
     /// Keeps the warning about forgotten epochs to one a second.
     forget_warnings: LogLimiter,
+    /// Keeps the error about bodies that are not results to one a second.
+    decode_warnings: LogLimiter,
 }
 
 /// A message whose line is in the batch being written.
@@ -100,6 +102,7 @@ impl Sink {
             writable,
             started,
             forget_warnings: LogLimiter::default(),
+            decode_warnings: LogLimiter::default(),
         };
         sink.report_forgotten();
         sink
@@ -146,15 +149,19 @@ impl Sink {
                 Ok(result) => result,
                 Err(e) => {
                     metrics::counter!(m::DECODE_ERRORS, &labels).increment(1);
-                    tracing::error!(
-                        id = msg.id(),
-                        attempts = msg.attempts(),
-                        nsqd = msg.nsqd_address(),
-                        bytes = msg.body().len(),
-                        head = %hex_head(msg.body()),
-                        error = %e,
-                        "message is not a WorkResult: finished without writing it"
-                    );
+                    // At most a line a second: a flood of garbage must not flood the log.
+                    if let Some(held_back) = self.decode_warnings.check() {
+                        tracing::error!(
+                            id = msg.id(),
+                            attempts = msg.attempts(),
+                            nsqd = msg.nsqd_address(),
+                            bytes = msg.body().len(),
+                            head = %hex_head(msg.body()),
+                            error = %e,
+                            held_back,
+                            "message is not a WorkResult: finished without writing it"
+                        );
+                    }
                     msg.finish();
                     finished_now += 1;
                     continue;
