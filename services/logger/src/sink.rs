@@ -43,6 +43,9 @@ use crate::{
     workers::WorkerWindow,
 };
 
+/// Results handled between two yields to the runtime.
+const YIELD_EVERY: usize = 128;
+
 /// Delay before a message whose batch could not be written is delivered again.
 const REQUEUE_DELAY: Duration = Duration::from_secs(1);
 
@@ -132,7 +135,12 @@ impl Sink {
         let mut repeated: Vec<Message> = Vec::new();
         let mut finished_now = 0u64;
         let mut duplicates = 0u64;
-        for msg in batch {
+        for (n, msg) in batch.into_iter().enumerate() {
+            // A batch is up to --max-in-flight results on a single-threaded runtime: let the
+            // HTTP port (/health, /metrics) answer between slices of it.
+            if n % YIELD_EVERY == YIELD_EVERY - 1 {
+                tokio::task::yield_now().await;
+            }
             let span = tracing::info_span!(
                 "message",
                 id = msg.id(),
