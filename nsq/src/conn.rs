@@ -184,6 +184,14 @@ pub(crate) async fn connect(
             },
         })?;
 
+    tracing::debug!(
+        nsqd = addr,
+        version = %identify.version,
+        msg_timeout_ms = identify.msg_timeout,
+        max_msg_timeout_ms = identify.max_msg_timeout,
+        max_rdy_count = identify.max_rdy_count,
+        "nsqd answered IDENTIFY"
+    );
     let (mut reader, mut writer) = match &config.tls {
         Some(tls) => {
             if !identify.tls_v1 {

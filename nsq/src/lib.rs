@@ -18,7 +18,8 @@
 //!   every connection change as an [`Event`], speak TLS with real certificate verification
 //!   ([`TlsSettings`]) and AUTH.
 //!
-//! Module guide: [`protocol`] is the pure wire format; `conn` opens and identifies a
+//! Module guide: `protocol` is the pure wire format (private: only the topic and channel
+//! name rules are exported); `conn` opens and identifies a
 //! connection; `producer` and `consumer` own the tasks; [`testkit`] (feature `testkit`)
 //! starts real nsqd/nsqlookupd/nsqadmin for tests.
 
@@ -32,7 +33,7 @@ mod error;
 mod events;
 mod message;
 mod producer;
-pub mod protocol;
+mod protocol;
 #[cfg(test)]
 mod test_alloc;
 #[cfg(feature = "testkit")]
@@ -47,3 +48,4 @@ pub use error::{ConfigError, ConnectError, InvalidInput, ProtocolError, PublishE
 pub use events::Event;
 pub use message::Message;
 pub use producer::{ConnectionState, Producer};
+pub use protocol::{is_valid_channel_name, is_valid_topic_name};

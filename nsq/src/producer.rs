@@ -125,10 +125,16 @@ impl Encoder<'_> {
     }
 
     fn push(&self, replies: Replies) {
-        if let Ok(mut p) = self.pending.lock() {
-            p.push_back(replies);
-        }
+        lock(self.pending).push_back(replies);
     }
+}
+
+/// Locks `m`, taking the guard back if a panic elsewhere poisoned it: the queues it guards
+/// are changed by single push/pop/drain calls that leave them whole, and dropping a reply
+/// slot instead (as ignoring the poisoned lock did) would pair nsqd's next answers with the
+/// wrong callers.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Most PUBs gathered into one MPUB.
@@ -250,9 +256,7 @@ impl Producer {
             task: Mutex::new(None),
         });
         let task = tokio::spawn(run(task, rx));
-        if let Ok(mut slot) = shared.task.lock() {
-            *slot = Some(task);
-        }
+        *lock(&shared.task) = Some(task);
         Ok(Producer { shared })
     }
 
@@ -339,7 +343,7 @@ impl Producer {
     pub async fn close(&self) {
         self.shared.ctl.closed.store(true, Ordering::SeqCst);
         self.shared.ctl.close_now.notify_one();
-        let task = self.shared.task.lock().ok().and_then(|mut t| t.take());
+        let task = lock(&self.shared.task).take();
         if let Some(task) = task {
             let _ = task.await;
         }
@@ -486,7 +490,7 @@ async fn pump(
         loop {
             if closing {
                 // Wait for every written command to be answered, then end.
-                let empty = pending.lock().map(|p| p.is_empty()).unwrap_or(true);
+                let empty = lock(&pending).is_empty();
                 if empty {
                     return Ok::<PumpEnd, String>(PumpEnd::Closed);
                 }
@@ -548,7 +552,7 @@ async fn pump(
             match frame {
                 Frame::Response(r) if r.as_ref() == protocol::HEARTBEAT => nop.notify_one(),
                 Frame::Response(r) => {
-                    let reply = pending.lock().ok().and_then(|mut p| p.pop_front());
+                    let reply = lock(&pending).pop_front();
                     match reply {
                         Some(reply) => {
                             if r.as_ref() != protocol::OK {
@@ -563,7 +567,7 @@ async fn pump(
                             ))
                         }
                     }
-                    if pending.lock().map(|p| p.is_empty()).unwrap_or(true) {
+                    if lock(&pending).is_empty() {
                         drained.notify_one();
                     }
                 }
@@ -576,10 +580,10 @@ async fn pump(
                         .to_string();
                     tracing::warn!(nsqd = addr, error = %text, "nsqd rejected a publish");
                     last_error = Some(text.clone());
-                    if let Some(reply) = pending.lock().ok().and_then(|mut p| p.pop_front()) {
+                    if let Some(reply) = lock(&pending).pop_front() {
                         reply.send(Err(PublishError::Rejected { code, text }));
                     }
-                    if pending.lock().map(|p| p.is_empty()).unwrap_or(true) {
+                    if lock(&pending).is_empty() {
                         drained.notify_one();
                     }
                 }
@@ -603,8 +607,8 @@ async fn pump(
         PumpEnd::Failed(r) => r.clone(),
     };
     // Written but unanswered: nsqd may or may not have it. Fail each, never claim success.
-    if let Ok(mut p) = pending.lock() {
-        for reply in p.drain(..) {
+    {
+        for reply in lock(&pending).drain(..) {
             reply.send(Err(PublishError::ConnectionLost {
                 addr: addr.to_string(),
                 reason: reason.clone(),
@@ -617,6 +621,20 @@ async fn pump(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_poisoned_lock_is_taken_back_not_skipped() {
+        let m = std::sync::Arc::new(Mutex::new(std::collections::VecDeque::from([1u8])));
+        let poisoner = std::sync::Arc::clone(&m);
+        let _ = std::thread::spawn(move || {
+            let _guard = poisoner.lock();
+            panic!("poison the lock");
+        })
+        .join();
+        assert!(m.is_poisoned());
+        lock(&m).push_back(2);
+        assert_eq!(lock(&m).iter().copied().collect::<Vec<_>>(), [1, 2]);
+    }
 
     fn req(cmd: Command) -> (Request, oneshot::Receiver<Result<(), PublishError>>) {
         let (reply, rx) = oneshot::channel();

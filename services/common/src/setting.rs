@@ -221,14 +221,14 @@ macro_rules! name_type {
 name_type!(
     /// A valid NSQ topic name (1-64 characters of `[.a-zA-Z0-9_-]`).
     Topic,
-    nsq::protocol::is_valid_topic_name,
+    nsq::is_valid_topic_name,
     "is not a valid NSQ topic name (1-64 characters of [.a-zA-Z0-9_-])"
 );
 
 name_type!(
     /// A valid NSQ channel name (as a topic, optionally ending in `#ephemeral`).
     Channel,
-    nsq::protocol::is_valid_channel_name,
+    nsq::is_valid_channel_name,
     "is not a valid NSQ channel name (1-64 characters of [.a-zA-Z0-9_-], optionally ending \
      in #ephemeral)"
 );

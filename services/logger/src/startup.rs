@@ -211,11 +211,18 @@ impl Application {
             http,
             router,
         } = self;
-        let (consumer, mut messages) = Consumer::new(
+        let connection = s.nsq.resolve()?;
+        // The replay machinery first: if it cannot start, nothing else was started; if the
+        // consumer then cannot start, the replay machinery is closed again.
+        let mut replay = match losses {
+            Some(losses) => Some(Replay::start(Arc::clone(&s), gaps, losses)?),
+            None => None,
+        };
+        let started_consumer = Consumer::new(
             &s.topic,
             &s.channel,
             ConsumerConfig {
-                connection: s.nsq.resolve()?.apply(ConnectionConfig {
+                connection: connection.apply(ConnectionConfig {
                     client_id: s.logger_id.clone(),
                     user_agent: format!("nsq-suite-{SERVICE}/{}", env!("CARGO_PKG_VERSION")),
                     output_buffer_size: s.consumer.output_buffer_size(),
@@ -231,8 +238,16 @@ impl Application {
                 output_buffer_timeout: s.consumer.output_buffer_timeout(),
                 ..ConsumerConfig::default()
             },
-        )
-        .context("starting the consumer")?;
+        );
+        let (consumer, mut messages) = match started_consumer {
+            Ok(started) => started,
+            Err(e) => {
+                if let Some(replay) = replay {
+                    replay.close().await;
+                }
+                return Err(anyhow::Error::new(e).context("starting the consumer"));
+            }
+        };
 
         let stop_http = CancellationToken::new();
         let http_task = tokio::spawn(http.run(router, stop_http.clone().cancelled_owned()));
@@ -247,10 +262,6 @@ impl Application {
             s.summary_interval.get(),
         );
         summary.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut replay = match losses {
-            Some(losses) => Some(Replay::start(Arc::clone(&s), gaps, losses)?),
-            None => None,
-        };
 
         let max_batch = s.consumer.max_in_flight as usize;
         let mut closing: Option<tokio::task::JoinHandle<()>> = None;

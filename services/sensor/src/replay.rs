@@ -367,9 +367,9 @@ mod tests {
         );
         let odd = channel_name("host name/with:odd*chars", 1);
         assert_eq!(odd, "sensor-host_name_with_odd_chars-1#ephemeral");
-        assert!(nsq::protocol::is_valid_channel_name(&odd));
+        assert!(nsq::is_valid_channel_name(&odd));
         let long = channel_name(&"x".repeat(100), u64::MAX);
         assert_eq!(long.len(), MAX_CHANNEL_LEN);
-        assert!(nsq::protocol::is_valid_channel_name(&long), "{long}");
+        assert!(nsq::is_valid_channel_name(&long), "{long}");
     }
 }

@@ -177,7 +177,7 @@ impl Config {
         self.consumer.require_source("worker", ENV_PREFIX)?;
         self.nsq.resolve()?;
         let dead = self.dead_letter_topic();
-        if !nsq::protocol::is_valid_topic_name(&dead) {
+        if !nsq::is_valid_topic_name(&dead) {
             return Err(ConfigError::value(
                 "--dead-letter-topic",
                 format!(
