@@ -285,12 +285,24 @@ pub fn output_buffer_timeout_ms(d: Duration) -> Result<i64, ConfigError> {
 }
 
 /// Normalises a lookupd address to a base URL (`http://host:port`).
+///
+/// Only `http` is accepted: nsqlookupd serves plain HTTP, and the client is built without an
+/// HTTPS stack, so an `https://` address would fail at every poll; it is refused here, the
+/// rule `suite_common`'s `LookupdAddr` applies too.
 pub fn lookupd_url(addr: &str) -> Result<String, ConfigError> {
     let trimmed = addr.trim();
-    let url = if trimmed.starts_with("http://") || trimmed.starts_with("https://") {
-        trimmed.to_string()
-    } else {
-        format!("http://{trimmed}")
+    let url = match trimmed.split_once("://") {
+        Some((scheme, _)) if scheme.eq_ignore_ascii_case("http") => trimmed.to_string(),
+        Some((scheme, _)) => {
+            return Err(ConfigError::Address {
+                addr: addr.to_string(),
+                reason: format!(
+                    "scheme {scheme:?} is not supported: give host:port or http://host:port \
+                     (nsqlookupd serves plain HTTP)"
+                ),
+            })
+        }
+        None => format!("http://{trimmed}"),
     };
     let url = match url.split_once("://") {
         Some((scheme, rest)) => format!("{scheme}://{}", rest.trim_end_matches('/')),
@@ -338,6 +350,8 @@ mod tests {
         );
         assert_eq!(lookupd_url("http://h:1/").unwrap(), "http://h:1");
         assert!(lookupd_url("http://").is_err());
+        let https = lookupd_url("https://h:4161").unwrap_err().to_string();
+        assert!(https.contains("not supported"), "{https}");
     }
 
     #[test]
