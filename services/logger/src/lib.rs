@@ -66,6 +66,7 @@
 
 pub mod config;
 pub mod gaps;
+pub mod jsonl;
 pub mod line;
 pub mod lost;
 pub mod metrics;

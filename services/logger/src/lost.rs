@@ -21,14 +21,17 @@
 
 use std::{
     fs::{File, OpenOptions},
-    io::{self, BufRead as _, BufReader, Write as _},
+    io::{self, Write as _},
     path::{Path, PathBuf},
 };
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-use crate::gaps::{Loss, LossReason};
+use crate::{
+    gaps::{Loss, LossReason},
+    jsonl,
+};
 
 /// One line of the loss list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,44 +98,31 @@ impl LossList {
             .open(path)
             .with_context(|| format!("cannot open the loss list {}", path.display()))?;
         let mut records = Vec::new();
-        let mut reader = BufReader::new(&file);
-        let mut buf = Vec::new();
-        let (mut complete, mut total, mut line_no) = (0u64, 0u64, 0u64);
-        loop {
-            buf.clear();
-            let n = reader
-                .read_until(b'\n', &mut buf)
-                .with_context(|| format!("cannot read the loss list {}", path.display()))?;
-            if n == 0 {
-                break;
-            }
-            total += n as u64;
-            if buf.last() != Some(&b'\n') {
-                break;
-            }
-            line_no += 1;
-            complete = total;
-            let content = buf[..n - 1].trim_ascii();
-            if content.is_empty() {
-                continue;
-            }
-            let record: LossRecord = serde_json::from_slice(content).with_context(|| {
-                format!(
-                    "loss list {} line {line_no} is not a loss record; move the file away or \
-                     repair it",
-                    path.display()
-                )
-            })?;
-            records.push(record);
-        }
-        if complete < total {
+        let extent = jsonl::read_lines(
+            &file,
+            |line_no, content| {
+                let record: LossRecord = serde_json::from_slice(content).with_context(|| {
+                    format!(
+                        "loss list {} line {line_no} is not a loss record; move the file away \
+                         or repair it",
+                        path.display()
+                    )
+                })?;
+                records.push(record);
+                Ok(())
+            },
+            |e| {
+                anyhow::Error::new(e)
+                    .context(format!("cannot read the loss list {}", path.display()))
+            },
+        )?;
+        if extent.torn() > 0 {
             tracing::warn!(
                 path = %path.display(),
-                bytes = total - complete,
+                bytes = extent.torn(),
                 "the loss list ended with an incomplete line (a crash during a write): cut it off"
             );
-            file.set_len(complete)
-                .and_then(|()| file.sync_all())
+            jsonl::cut(&file, extent)
                 .with_context(|| format!("cannot cut the loss list {}", path.display()))?;
         }
         Ok((

@@ -19,11 +19,15 @@
 
 use std::{
     fs::{File, OpenOptions},
-    io::{self, BufRead as _, BufReader, Write as _},
+    io::{self, Write as _},
     path::{Path, PathBuf},
 };
 
-use crate::{line::parse_key, seen::Seen};
+use crate::{
+    jsonl::{self, Extent},
+    line::parse_key,
+    seen::Seen,
+};
 
 /// What [`Output::open`] found in an existing output file.
 #[derive(Debug, Default)]
@@ -143,13 +147,12 @@ impl Output {
         let mut recovered = Recovered::default();
         let mut len = 0;
         if regular {
-            let (complete, total) = read_back(&file, path, &mut recovered)?;
-            if complete < total {
-                recovered.truncated_bytes = total - complete;
-                file.set_len(complete).map_err(io_error)?;
-                file.sync_all().map_err(io_error)?;
+            let extent = read_back(&file, path, &mut recovered)?;
+            if extent.torn() > 0 {
+                recovered.truncated_bytes = extent.torn();
+                jsonl::cut(&file, extent).map_err(io_error)?;
             }
-            len = complete;
+            len = extent.complete;
         }
         let output = Self {
             target: Target::File {
@@ -218,47 +221,28 @@ impl Output {
     }
 }
 
-/// Reads every complete line of `file` into `recovered`; returns the length of the complete
-/// lines and the file's total length.
-fn read_back(file: &File, path: &Path, recovered: &mut Recovered) -> Result<(u64, u64), OpenError> {
-    let mut reader = BufReader::with_capacity(1 << 20, file);
-    let mut buf = Vec::with_capacity(512);
-    let mut complete = 0u64;
-    let mut total = 0u64;
-    let mut line_no = 0u64;
-    loop {
-        buf.clear();
-        let n = reader
-            .read_until(b'\n', &mut buf)
-            .map_err(|source| OpenError::Io {
+/// Reads every complete line of `file` into `recovered`; returns where the complete lines
+/// and the file end.
+fn read_back(file: &File, path: &Path, recovered: &mut Recovered) -> Result<Extent, OpenError> {
+    jsonl::read_lines(
+        file,
+        |line_no, content| {
+            let key = parse_key(content).map_err(|e| OpenError::NotAResultLine {
                 path: path.to_owned(),
-                source,
+                line: line_no,
+                error: e.to_string(),
             })?;
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-        if buf.last() != Some(&b'\n') {
-            // The last line, cut short by a crash: its message was not finished.
-            break;
-        }
-        line_no += 1;
-        complete = total;
-        let content = buf[..n - 1].trim_ascii();
-        if content.is_empty() {
-            continue;
-        }
-        let key = parse_key(content).map_err(|e| OpenError::NotAResultLine {
+            recovered.lines += 1;
+            if !recovered.seen.insert(&key) {
+                recovered.duplicate_lines += 1;
+            }
+            Ok(())
+        },
+        |source| OpenError::Io {
             path: path.to_owned(),
-            line: line_no,
-            error: e.to_string(),
-        })?;
-        recovered.lines += 1;
-        if !recovered.seen.insert(&key) {
-            recovered.duplicate_lines += 1;
-        }
-    }
-    Ok((complete, total))
+            source,
+        },
+    )
 }
 
 #[cfg(test)]
