@@ -15,7 +15,13 @@
 //!   `nsq_to_nsq` (max-in-flight 2,500) → `results` → `bench_reader`, all at once.
 //! - `raw`: `bench_writer` + `bench_reader` on one topic at once: the one-hop ceiling.
 //! - `latency`: the sensor at fixed rates with 2 workers; taken_at → written, HDR histogram.
-//! - `memory`: peak RSS (VmHWM) of each service during the 5,000/s latency run.
+//! - `memory`: the resident set (VmRSS) of each service in the steady state with the sensor's
+//!   history full: the sensor runs at `--memory-rate` (5,000/s) with every other flag at its
+//!   default, until its `/metrics` gauge `nsq_suite_history_readings` stops growing while it
+//!   keeps taking readings; after a short settling time every process's RSS is sampled, with
+//!   the number of readings the history then held. Once with the default `--values` (3: the
+//!   history is bounded by `--history`, 100,000 readings, 20 s at 5,000/s) and once with
+//!   `--values 40` (bounded by `--history-bytes` instead), by default.
 //!
 //! Output: a table on stdout, `results.json` and two PNG plots in `--out`. Figures only; this
 //! program never fails on a timing.
@@ -80,6 +86,13 @@ struct Cli {
     /// (repeatable; every mode gets the same nsqd settings)
     #[arg(long, allow_hyphen_values = true)]
     nsqd_arg: Vec<String>,
+    /// Readings per second of the sensor in the memory mode
+    #[arg(long, default_value_t = 5_000)]
+    memory_rate: u64,
+    /// `--values` of the sensor in each memory run: 3 is its default (history bounded by
+    /// --history), 40 makes it bounded by --history-bytes
+    #[arg(long, value_delimiter = ',', default_value = "3,40")]
+    memory_values: Vec<u32>,
     /// Where results.json and the plots go
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,
@@ -94,9 +107,7 @@ struct Results {
     reference_msgs_per_sec: Option<f64>,
     raw: Option<RawRun>,
     latency: Vec<LatencyRun>,
-    memory_peak_rss_bytes: BTreeMap<String, u64>,
-    /// The `--output-buffer-size` of the run the memory figures come from.
-    output_buffer_for_memory: i64,
+    memory: Vec<MemoryRun>,
     /// Every nsqd's flags beyond addresses and data path (shipped settings and `--nsqd-arg`).
     nsqd_args: Vec<String>,
 }
@@ -129,6 +140,24 @@ struct LatencyRun {
     max_ms: f64,
     /// (quantile, ms) points for the plot.
     distribution: Vec<(f64, f64)>,
+}
+
+/// One process set's memory in the steady state, the sensor's history full.
+#[derive(Debug, Serialize)]
+struct MemoryRun {
+    /// The sensor's readings per second.
+    rate: u64,
+    /// The sensor's `--values`.
+    values: u32,
+    /// Readings the sensor's history held (its `nsq_suite_history_readings`), read right
+    /// after the RSS was sampled.
+    history_readings: u64,
+    /// Seconds from the sensor's start to the sample.
+    seconds: f64,
+    /// Resident set size (VmRSS) of each process at the sample, bytes.
+    rss_bytes: BTreeMap<String, u64>,
+    /// Peak resident set size (VmHWM) of each process up to the sample, bytes.
+    peak_rss_bytes: BTreeMap<String, u64>,
 }
 
 #[tokio::main]
@@ -167,8 +196,13 @@ async fn main() -> anyhow::Result<()> {
         0
     } + usize::from(has("reference"))
         + usize::from(has("raw"))
-        + if has("latency") || has("memory") {
-            cli.rates.len()
+        + if has("latency") {
+            cli.rates.len() * cli.output_buffer_sizes.len()
+        } else {
+            0
+        }
+        + if has("memory") {
+            cli.memory_values.len()
         } else {
             0
         };
@@ -221,9 +255,9 @@ async fn main() -> anyhow::Result<()> {
         results.raw = Some(r);
         bar.inc(1);
     }
-    if has("latency") || has("memory") {
+    if has("latency") {
         for &obs in &cli.output_buffer_sizes {
-            let (runs, memory) = latency(
+            let runs = latency(
                 &cli.rates,
                 cli.latency_seconds,
                 values,
@@ -233,12 +267,10 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
             results.latency.extend(runs);
-            // Memory is reported for the first setting (the low-latency one by default).
-            if results.memory_peak_rss_bytes.is_empty() {
-                results.memory_peak_rss_bytes = memory;
-                results.output_buffer_for_memory = obs;
-            }
         }
+    }
+    if has("memory") {
+        results.memory = memory(cli.memory_rate, &cli.memory_values, logs.path(), &bar).await?;
     }
     bar.finish_with_message("done");
 
@@ -523,14 +555,13 @@ async fn latency(
     output_buffer_size: i64,
     dir: &Path,
     bar: &ProgressBar,
-) -> anyhow::Result<(Vec<LatencyRun>, BTreeMap<String, u64>)> {
+) -> anyhow::Result<Vec<LatencyRun>> {
     let nsqd = start_nsqd().await;
     nsqd.create_channel("sensor_data", "worker").await;
     nsqd.create_channel("results", "logger").await;
     let tag = format!("latency-obs{output_buffer_size}");
     let (mut procs, output) = start_services(&nsqd, 2, output_buffer_size, dir, &tag)?;
     let mut runs = Vec::new();
-    let mut memory = BTreeMap::new();
     let mut expected = 0usize;
     for &rate in rates {
         bar.set_message(format!(
@@ -551,12 +582,9 @@ async fn latency(
             ],
             &dir.join(format!("{tag}-sensor-{rate}.log")),
         )?;
-        // The sensor's peak RSS is sampled while it runs (its /proc entry goes with it).
         let budget = Duration::from_secs(seconds * 3 + 30);
         let deadline = Instant::now() + budget;
-        let mut sensor_rss = 0;
         while sensor.running() {
-            sensor_rss = sensor.peak_rss().unwrap_or(sensor_rss);
             anyhow::ensure!(
                 Instant::now() < deadline,
                 "the sensor did not finish in {budget:?}"
@@ -566,12 +594,6 @@ async fn latency(
         sensor.wait_success(budget).await?;
         expected += count as usize;
         wait_lines(&output, expected, Duration::from_secs(60)).await?;
-        if rate == 5_000 {
-            memory.insert("sensor".to_string(), sensor_rss);
-            for p in &procs {
-                memory.insert(p.name.clone(), p.peak_rss()?);
-            }
-        }
         // The first half second warms connections up; it is left out.
         let warmup = rate / 2;
         let mut h = hdrhistogram::Histogram::<u64>::new(3)?;
@@ -608,7 +630,160 @@ async fn latency(
     for p in procs.iter_mut() {
         p.terminate().await;
     }
-    Ok((runs, memory))
+    Ok(runs)
+}
+
+/// The sensor's `--history` default, for the memory mode's time budget only (the mode finds
+/// out that the history is full from the sensor's own gauge).
+const DEFAULT_HISTORY: u64 = 100_000;
+
+/// How long the memory mode waits, once the history is full, before sampling the RSS: the
+/// rings have then reached their size, and this lets freed pages settle.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// The suite with every service at its defaults but the sensor's `--rate` and `--values`,
+/// sampled once the sensor's history is full: one run per `values`, one nsqd, 2 workers and
+/// one logger kept running.
+async fn memory(
+    rate: u64,
+    values: &[u32],
+    dir: &Path,
+    bar: &ProgressBar,
+) -> anyhow::Result<Vec<MemoryRun>> {
+    let nsqd = start_nsqd().await;
+    nsqd.create_channel("sensor_data", "worker").await;
+    nsqd.create_channel("results", "logger").await;
+    let (mut procs, _output) = start_services(&nsqd, 2, 0, dir, "memory")?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let mut runs = Vec::new();
+    for &v in values {
+        bar.set_message(format!(
+            "memory: sensor at {rate}/s with --values {v} until its history is full"
+        ));
+        // A free port, so that the sensor's /metrics can be read; it is bound again by the
+        // sensor at once (a race with another program is possible, and fails the run).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let log = dir.join(format!("memory-sensor-v{v}.log"));
+        let started = Instant::now();
+        let mut sensor = Proc::spawn(
+            "sensor",
+            &suite_bin("sensor")?,
+            &[
+                format!("--nsqd-tcp-address={}", nsqd.tcp_address()),
+                format!("--sensor-id=memory-v{v}"),
+                format!("--rate={rate}"),
+                format!("--values={v}"),
+                format!("--http-address=127.0.0.1:{port}"),
+            ],
+            &log,
+        )?;
+        let url = format!("http://127.0.0.1:{port}/metrics");
+        // Full: the number of readings held has not changed for a second while the sensor
+        // went on taking readings. Twice the time the default history takes to fill, plus
+        // start-up.
+        let budget = Duration::from_secs(2 * DEFAULT_HISTORY / rate.max(1) + 60);
+        let deadline = started + budget;
+        let mut stable: Option<(Instant, u64, u64)> = None;
+        loop {
+            anyhow::ensure!(
+                sensor.running(),
+                "the sensor of the memory run stopped: see {}",
+                log.display()
+            );
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the sensor's history (--values {v}) did not stop growing within {budget:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let Ok(text) = metrics_text(&client, &url).await else {
+                continue; // not listening yet
+            };
+            let held = gauge(&text, "nsq_suite_history_readings").unwrap_or(0);
+            let seq = gauge(&text, "nsq_suite_last_seq").unwrap_or(0);
+            match stable {
+                Some((since, h, s)) if h == held && held > 0 => {
+                    if since.elapsed() >= Duration::from_secs(1) && seq > s {
+                        break;
+                    }
+                }
+                _ => stable = Some((Instant::now(), held, seq)),
+            }
+        }
+        tokio::time::sleep(SETTLE).await;
+        let mut rss_bytes = BTreeMap::new();
+        let mut peak_rss_bytes = BTreeMap::new();
+        for p in procs.iter().chain(std::iter::once(&sensor)) {
+            rss_bytes.insert(p.name.clone(), p.rss()?);
+            peak_rss_bytes.insert(p.name.clone(), p.peak_rss()?);
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let text = metrics_text(&client, &url).await?;
+        let history_readings = gauge(&text, "nsq_suite_history_readings")
+            .context("the sensor's /metrics has no nsq_suite_history_readings")?;
+        sensor.terminate().await;
+        let run = MemoryRun {
+            rate,
+            values: v,
+            history_readings,
+            seconds,
+            rss_bytes,
+            peak_rss_bytes,
+        };
+        say(bar, format!("memory: {}", memory_line(&run)));
+        runs.push(run);
+        bar.inc(1);
+    }
+    for p in procs.iter_mut() {
+        p.terminate().await;
+    }
+    Ok(runs)
+}
+
+/// The body of a `/metrics` answer.
+async fn metrics_text(client: &reqwest::Client, url: &str) -> anyhow::Result<String> {
+    Ok(client
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// The value of gauge `name` in Prometheus text (whatever its labels), as a whole number.
+fn gauge(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .find_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .map(|x| x as u64)
+}
+
+/// One memory run on one line.
+fn memory_line(run: &MemoryRun) -> String {
+    let mb = |b: u64| b as f64 / 1e6;
+    format!(
+        "--values {}, {} readings held after {:.1} s at {}/s: RSS {}",
+        run.values,
+        run.history_readings,
+        run.seconds,
+        run.rate,
+        run.rss_bytes
+            .iter()
+            .map(|(name, b)| format!(
+                "{name} {:.1} MB (peak {:.1})",
+                mb(*b),
+                mb(run.peak_rss_bytes.get(name).copied().unwrap_or(0))
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 fn print_table(r: &Results) {
@@ -617,13 +792,15 @@ fn print_table(r: &Results) {
         "nsq-suite benchmark: {} cores, {}-byte readings, NSQ v1.3.0 on loopback",
         r.cores, r.message_bytes
     );
-    println!("{:-<72}", "");
     let reference = r.reference_msgs_per_sec;
     let half_raw = r.raw.as_ref().map(|x| x.reader_msgs_per_sec / 2.0);
-    println!(
-        "{:<34} {:>12} {:>11} {:>11}",
-        "setup", "msg/s", "/reference", "/(raw/2)"
-    );
+    if !r.pipeline.is_empty() || reference.is_some() || r.raw.is_some() {
+        println!("{:-<72}", "");
+        println!(
+            "{:<34} {:>12} {:>11} {:>11}",
+            "setup", "msg/s", "/reference", "/(raw/2)"
+        );
+    }
     for p in &r.pipeline {
         let vs_ref = reference.map(|x| format!("{:.2}x", p.msgs_per_sec / x));
         let vs_raw = half_raw.map(|x| format!("{:.0} %", 100.0 * p.msgs_per_sec / x));
@@ -662,14 +839,11 @@ fn print_table(r: &Results) {
             );
         }
     }
-    if !r.memory_peak_rss_bytes.is_empty() {
+    if !r.memory.is_empty() {
         println!("{:-<72}", "");
-        println!(
-            "peak RSS during the 5,000/s run (--output-buffer-size {}):",
-            r.output_buffer_for_memory
-        );
-        for (name, bytes) in &r.memory_peak_rss_bytes {
-            println!("  {:<12} {:>8.1} MB", name, *bytes as f64 / 1e6);
+        println!("memory, steady state with the sensor's history full (services' defaults):");
+        for run in &r.memory {
+            println!("  {}", memory_line(run));
         }
     }
 }

@@ -63,15 +63,26 @@ impl Proc {
 
     /// Peak resident set size so far (VmHWM), in bytes.
     pub fn peak_rss(&self) -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        self.status_kb("VmHWM")
+    }
+
+    /// Resident set size now (VmRSS), in bytes.
+    pub fn rss(&self) -> anyhow::Result<u64> {
+        self.status_kb("VmRSS")
+    }
+
+    /// A `kB` field of `/proc/<pid>/status`, in bytes.
+    fn status_kb(&self, field: &str) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .with_context(|| format!("{} is not running", self.name))?;
         let line = status
             .lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .context("no VmHWM in /proc/<pid>/status")?;
+            .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))
+            .with_context(|| format!("no {field} in /proc/<pid>/status"))?;
         let kb: u64 = line
             .split_whitespace()
             .nth(1)
-            .context("malformed VmHWM line")?
+            .with_context(|| format!("malformed {field} line: {line}"))?
             .parse()?;
         Ok(kb * 1024)
     }
