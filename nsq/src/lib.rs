@@ -24,7 +24,7 @@
 
 #![warn(missing_docs)]
 
-mod backoff;
+pub mod backoff;
 mod config;
 mod conn;
 mod consumer;
@@ -33,6 +33,7 @@ mod events;
 mod message;
 mod producer;
 pub mod protocol;
+mod rdy;
 #[cfg(test)]
 mod test_alloc;
 #[cfg(feature = "testkit")]
