@@ -7,7 +7,8 @@
 //!   reconnects with jittered backoff until its node is removed or the consumer closes;
 //! - a **lookup task** per consumer asks every nsqlookupd for the topic's producers on an
 //!   interval and reports the union;
-//! - the **manager** owns the set of nodes, adds and drops them, and decides every RDY count.
+//! - the **manager** owns the set of nodes, adds and drops them, and applies every RDY count
+//!   that the pure planner in `rdy` decides (with its failure backoff; unit-tested there).
 //!
 //! RDY budget: the manager counts, per connection, `max(rdy, in_flight)` (a connection whose
 //! RDY was lowered still holds its in-flight messages) and never grants a connection more
@@ -26,13 +27,14 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{broadcast, mpsc, watch, Notify};
 use tokio::time::Instant;
 
-use crate::backoff::{capped, Backoff};
+use crate::backoff::Backoff;
 use crate::config::{check_tcp_address, lookupd_url, output_buffer_timeout_ms, ConsumerConfig};
 use crate::conn::{self, ReadError};
 use crate::error::{ConfigError, InvalidInput};
 use crate::events::{Event, Events};
 use crate::message::{ConnCommand, ConnHandle, Message, Outcome};
 use crate::protocol::{self, encode, Frame};
+use crate::rdy::{self, Change, FailureBackoff, NodeRdy};
 
 /// Messages delivered to this consumer. `recv` returns `None` once the consumer is closed
 /// and every connection has ended.
@@ -140,20 +142,34 @@ impl RdyWake {
     }
 }
 
+/// A node's open, subscribed connection.
+struct Live {
+    handle: Arc<ConnHandle>,
+    /// nsqd's max RDY for it, from its IDENTIFY answer.
+    max_rdy: u32,
+}
+
 struct Node {
     fixed: bool,
     discovered: bool,
     ctl: Arc<NodeCtl>,
-    live: Option<(Arc<ConnHandle>, u32)>,
+    live: Option<Live>,
     rdy: u32,
     stopping: bool,
     /// The live connection's output-buffer timeout, from nsqd's IDENTIFY answer.
     output_buffer_timeout: Option<Duration>,
 }
 
-/// What [`Consumer::stats`] reads per node: the live connection, its RDY and its
-/// output-buffer timeout.
-type Snapshot = Arc<Mutex<BTreeMap<String, (Option<Arc<ConnHandle>>, u32, Option<Duration>)>>>;
+/// What [`Consumer::stats`] reads of one node.
+struct NodeSnapshot {
+    /// The live connection (its in-flight count is read when asked).
+    handle: Option<Arc<ConnHandle>>,
+    rdy: u32,
+    output_buffer_timeout: Option<Duration>,
+}
+
+/// Every node's [`NodeSnapshot`] by address, as the manager last published it.
+type Snapshot = Arc<Mutex<BTreeMap<String, NodeSnapshot>>>;
 
 struct Shared {
     control: mpsc::UnboundedSender<Control>,
@@ -293,12 +309,13 @@ impl Consumer {
             .lock()
             .map(|s| {
                 s.iter()
-                    .map(|(addr, (handle, rdy, obt))| NodeStats {
+                    .map(|(addr, node)| NodeStats {
                         addr: addr.clone(),
-                        connected: handle.is_some(),
-                        rdy: *rdy,
-                        output_buffer_timeout: *obt,
-                        in_flight: handle
+                        connected: node.handle.is_some(),
+                        rdy: node.rdy,
+                        output_buffer_timeout: node.output_buffer_timeout,
+                        in_flight: node
+                            .handle
                             .as_ref()
                             .map(|h| h.in_flight.load(Ordering::Relaxed))
                             .unwrap_or(0),
@@ -354,23 +371,12 @@ struct Manager {
     outcomes_rx: mpsc::UnboundedReceiver<Outcome>,
     report_success: Arc<AtomicBool>,
     closing: bool,
-    backoff: BackoffState,
+    backoff: FailureBackoff,
+    /// Where RDY 1 starts when there are more connections than `max_in_flight`.
     rotation: usize,
     rdy_wake: Arc<RdyWake>,
     #[cfg(test)]
     wakeups: Arc<std::sync::atomic::AtomicU64>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Normal,
-    Paused(Instant),
-    Testing,
-}
-
-struct BackoffState {
-    level: u32,
-    phase: Phase,
 }
 
 impl Manager {
@@ -385,6 +391,7 @@ impl Manager {
     ) -> Self {
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
         let (outcomes_tx, outcomes_rx) = mpsc::unbounded_channel();
+        let backoff = FailureBackoff::new(config.backoff_initial, config.backoff_max);
         Manager {
             topic,
             channel,
@@ -401,10 +408,7 @@ impl Manager {
             outcomes_rx,
             report_success: Arc::new(AtomicBool::new(false)),
             closing: false,
-            backoff: BackoffState {
-                level: 0,
-                phase: Phase::Normal,
-            },
+            backoff,
             rotation: 0,
             rdy_wake: Arc::default(),
             #[cfg(test)]
@@ -443,10 +447,7 @@ impl Manager {
             if self.closing && self.nodes.is_empty() {
                 break;
             }
-            let pause_until = match self.backoff.phase {
-                Phase::Paused(t) => Some(t),
-                _ => None,
-            };
+            let pause_until = self.backoff.paused_until();
             let far = Instant::now() + Duration::from_secs(3600);
             #[cfg(test)]
             self.wakeups.fetch_add(1, Ordering::Relaxed);
@@ -462,16 +463,14 @@ impl Manager {
                 Some(report) = self.reports_rx.recv() => self.on_report(report),
                 Some(outcome) = self.outcomes_rx.recv() => self.on_outcome(outcome),
                 _ = tokio::time::sleep_until(pause_until.unwrap_or(far)), if pause_until.is_some() => {
-                    self.backoff.phase = Phase::Testing;
+                    self.backoff.pause_over();
                 }
                 _ = rdy_wake.notify.notified(), if unmet => {}
                 _ = rotate.tick() => {
+                    // With nothing to rotate, the targets are still re-applied below in case
+                    // in-flight messages drained.
                     let live = self.nodes.values().filter(|n| n.live.is_some()).count();
-                    if live > self.config.max_in_flight as usize {
-                        self.rotation = self.rotation.wrapping_add(self.config.max_in_flight as usize);
-                    } else {
-                        // Nothing to rotate; still re-apply targets in case in-flight drained.
-                    }
+                    self.rotation = rdy::rotate(self.rotation, live, self.config.max_in_flight);
                 }
             }
             self.rdy_wake.waiting.store(true, Ordering::SeqCst);
@@ -536,8 +535,8 @@ impl Manager {
             node.stopping = true;
             node.ctl.stop.store(true, Ordering::SeqCst);
             node.ctl.wake.notify_one();
-            if let Some((handle, _)) = &node.live {
-                let _ = handle.tx.send(ConnCommand::Cls);
+            if let Some(live) = &node.live {
+                let _ = live.handle.tx.send(ConnCommand::Cls);
             }
         }
     }
@@ -562,7 +561,7 @@ impl Manager {
                     if node.stopping {
                         let _ = handle.tx.send(ConnCommand::Cls);
                     }
-                    node.live = Some((handle, max_rdy));
+                    node.live = Some(Live { handle, max_rdy });
                     node.rdy = 0;
                     node.output_buffer_timeout = output_buffer_timeout;
                 }
@@ -621,128 +620,67 @@ impl Manager {
 
     fn on_outcome(&mut self, outcome: Outcome) {
         let now = Instant::now();
-        match (outcome, self.backoff.phase) {
-            // Outcomes of messages delivered before the pause do not move the backoff.
-            (_, Phase::Paused(_)) => {}
-            (Outcome::Failure, _) => {
-                self.backoff.level = (self.backoff.level + 1).min(32);
-                let d = capped(
-                    self.config.backoff_initial,
-                    self.config.backoff_max,
-                    self.backoff.level - 1,
-                );
-                tracing::warn!(level = self.backoff.level, pause = ?d, topic = %self.topic, channel = %self.channel, "message failed: backing off (RDY 0)");
-                self.backoff.phase = Phase::Paused(now + d);
+        let change = match outcome {
+            Outcome::Failure => self.backoff.failure(now),
+            Outcome::Success => self.backoff.success(now),
+        };
+        match change {
+            Change::None | Change::Eased { .. } => {}
+            Change::Failed { level, pause } => {
+                tracing::warn!(level, pause = ?pause, topic = %self.topic, channel = %self.channel, "message failed: backing off (RDY 0)");
                 self.report_success.store(true, Ordering::Relaxed);
             }
-            (Outcome::Success, _) => {
-                if self.backoff.level == 0 {
-                    return;
-                }
-                self.backoff.level -= 1;
-                if self.backoff.level == 0 {
-                    tracing::info!(topic = %self.topic, channel = %self.channel, "backoff over: resuming full RDY");
-                    self.backoff.phase = Phase::Normal;
-                    self.report_success.store(false, Ordering::Relaxed);
-                } else {
-                    let d = capped(
-                        self.config.backoff_initial,
-                        self.config.backoff_max,
-                        self.backoff.level - 1,
-                    );
-                    self.backoff.phase = Phase::Paused(now + d);
-                }
+            Change::Resumed => {
+                tracing::info!(topic = %self.topic, channel = %self.channel, "backoff over: resuming full RDY");
+                self.report_success.store(false, Ordering::Relaxed);
             }
         }
     }
 
-    /// Sets RDY on every connection towards its target without breaking the budget.
-    /// Returns true when some target could not be met yet (in-flight still draining).
+    /// Sets RDY on every connection towards its target without breaking the budget (see
+    /// [`rdy::plan`]). Returns true when some target could not be met yet (in-flight still
+    /// draining). The caller has set `RdyWake::waiting` before: the in-flight counts are read
+    /// after it.
     fn rebalance(&mut self) -> bool {
-        let max = self.config.max_in_flight;
-        let live: Vec<String> = self
+        let (addrs, views): (Vec<String>, Vec<NodeRdy>) = self
             .nodes
             .iter()
-            .filter(|(_, n)| n.live.is_some() && !n.stopping)
-            .map(|(a, _)| a.clone())
-            .collect();
-        let mut targets: BTreeMap<String, u32> = BTreeMap::new();
-        let n = live.len();
-        if n > 0 && !self.closing {
-            match self.backoff.phase {
-                Phase::Paused(_) => {}
-                Phase::Testing => {
-                    let pick = &live[self.rotation % n];
-                    targets.insert(pick.clone(), 1);
-                }
-                Phase::Normal => {
-                    if n <= max as usize {
-                        let base = max / n as u32;
-                        let extra = (max % n as u32) as usize;
-                        for (i, a) in live.iter().enumerate() {
-                            targets.insert(a.clone(), base + u32::from(i < extra));
-                        }
-                    } else {
-                        for k in 0..max as usize {
-                            let a = &live[(self.rotation + k) % n];
-                            targets.insert(a.clone(), 1);
-                        }
-                    }
-                }
-            }
-        }
-        // Cap by nsqd's max RDY.
-        for (a, t) in targets.iter_mut() {
-            if let Some((_, max_rdy)) = self.nodes.get(a).and_then(|n| n.live.as_ref()) {
-                *t = (*t).min((*max_rdy).max(1));
-            }
-        }
-        // First lower, then raise within the budget.
-        for (addr, node) in self.nodes.iter_mut() {
-            let target = targets.get(addr).copied().unwrap_or(0);
-            if let Some((handle, _)) = &node.live {
-                if target < node.rdy {
-                    node.rdy = target;
-                    if !node.stopping {
-                        let _ = handle.tx.send(ConnCommand::Rdy(target));
-                    }
-                }
-            }
-        }
-        let usage = |node: &Node| -> u32 {
-            match &node.live {
-                Some((h, _)) => node.rdy.max(h.in_flight.load(Ordering::SeqCst)),
-                None => 0,
-            }
-        };
-        let mut unmet = false;
-        let addrs: Vec<String> = targets.keys().cloned().collect();
-        for addr in addrs {
-            let target = targets[&addr];
-            let others: u32 = self
-                .nodes
-                .iter()
-                .filter(|(a, _)| **a != addr)
-                .map(|(_, n)| usage(n))
-                .sum();
-            let Some(node) = self.nodes.get_mut(&addr) else {
+            .map(|(addr, node)| {
+                let view = match &node.live {
+                    Some(live) => NodeRdy {
+                        connected: true,
+                        stopping: node.stopping,
+                        rdy: node.rdy,
+                        in_flight: live.handle.in_flight.load(Ordering::SeqCst),
+                        max_rdy: live.max_rdy,
+                    },
+                    None => NodeRdy {
+                        stopping: node.stopping,
+                        rdy: node.rdy,
+                        ..NodeRdy::default()
+                    },
+                };
+                (addr.clone(), view)
+            })
+            .unzip();
+        let plan = rdy::plan(
+            self.config.max_in_flight,
+            self.closing,
+            self.backoff.phase(),
+            self.rotation,
+            &views,
+        );
+        // Lower first, then raise, so that the budget holds at every step.
+        for change in plan.lower.iter().chain(&plan.raise) {
+            let Some(node) = self.nodes.get_mut(&addrs[change.node]) else {
                 continue;
             };
-            if target <= node.rdy {
-                continue;
-            }
-            let grant = target.min(max.saturating_sub(others));
-            if grant > node.rdy {
-                node.rdy = grant;
-                if let Some((handle, _)) = &node.live {
-                    let _ = handle.tx.send(ConnCommand::Rdy(grant));
-                }
-            }
-            if node.rdy < target {
-                unmet = true;
+            node.rdy = change.rdy;
+            if let (Some(live), false) = (&node.live, node.stopping) {
+                let _ = live.handle.tx.send(ConnCommand::Rdy(change.rdy));
             }
         }
-        unmet
+        plan.unmet
     }
 
     fn publish_snapshot(&self) {
@@ -751,15 +689,24 @@ impl Manager {
             for (addr, node) in &self.nodes {
                 s.insert(
                     addr.clone(),
-                    (
-                        node.live.as_ref().map(|(h, _)| Arc::clone(h)),
-                        node.rdy,
-                        node.output_buffer_timeout,
-                    ),
+                    NodeSnapshot {
+                        handle: node.live.as_ref().map(|l| Arc::clone(&l.handle)),
+                        rdy: node.rdy,
+                        output_buffer_timeout: node.output_buffer_timeout,
+                    },
                 );
             }
         }
     }
+}
+
+/// A connection that nsqd identified and subscribed.
+struct Subscribed {
+    connection: conn::Connection,
+    /// nsqd's max RDY count.
+    max_rdy: u32,
+    /// The output-buffer timeout in effect (see [`NodeStats::output_buffer_timeout`]).
+    output_buffer_timeout: Option<Duration>,
 }
 
 /// Everything one connection task needs.
@@ -788,7 +735,11 @@ impl ConnTask {
                 break;
             }
             let reason = match self.connect_and_subscribe().await {
-                Ok((connection, max_rdy, output_buffer_timeout)) => {
+                Ok(Subscribed {
+                    connection,
+                    max_rdy,
+                    output_buffer_timeout,
+                }) => {
                     backoff.reset();
                     let (tx, rx) = mpsc::unbounded_channel();
                     let handle = Arc::new(ConnHandle {
@@ -848,11 +799,8 @@ impl ConnTask {
         });
     }
 
-    /// Connects, identifies and subscribes: the connection, nsqd's max RDY and the
-    /// output-buffer timeout in effect.
-    async fn connect_and_subscribe(
-        &self,
-    ) -> Result<(conn::Connection, u32, Option<Duration>), String> {
+    /// Connects, identifies and subscribes.
+    async fn connect_and_subscribe(&self) -> Result<Subscribed, String> {
         let mut connection = self.connect().await?;
         let mut out = BytesMut::new();
         encode::sub(&mut out, &self.topic, &self.channel);
@@ -883,7 +831,11 @@ impl ConnTask {
             .ok()
             .filter(|ms| *ms > 0)
             .map(Duration::from_millis);
-        Ok((connection, max_rdy, output_buffer_timeout))
+        Ok(Subscribed {
+            connection,
+            max_rdy,
+            output_buffer_timeout,
+        })
     }
 
     /// Opens and identifies a connection, asking for the configured output-buffer timeout.

@@ -25,7 +25,7 @@
 
 #![warn(missing_docs)]
 
-mod backoff;
+pub mod backoff;
 mod config;
 mod conn;
 mod consumer;
@@ -34,6 +34,7 @@ mod events;
 mod message;
 mod producer;
 mod protocol;
+mod rdy;
 #[cfg(test)]
 mod test_alloc;
 #[cfg(feature = "testkit")]

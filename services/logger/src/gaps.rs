@@ -848,8 +848,9 @@ fn fresh(from: u64, to: u64, now: Instant) -> Gap {
 
 /// The pause after request number `attempts` (1 for the first).
 fn backoff(s: &GapSettings, attempts: u32) -> Duration {
-    let factor = 1u32 << attempts.saturating_sub(1).min(20);
-    s.backoff.saturating_mul(factor).min(s.backoff_max)
+    // At most 2^20 times `backoff`: a tiny `--replay-backoff` stops doubling there.
+    let doublings = attempts.saturating_sub(1).min(20);
+    nsq::backoff::exponential(s.backoff, s.backoff_max, doublings)
 }
 
 /// Merges requests at most `distance` seqs apart into requests of at most `max_span` seqs,

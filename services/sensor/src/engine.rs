@@ -564,8 +564,7 @@ fn replayable_from(history: &Mutex<History>) -> u64 {
 
 /// The pause before retrying after `failures` transient failures in a row.
 fn retry_delay(failures: u32) -> Duration {
-    let factor = 1u32 << failures.saturating_sub(1).min(16);
-    (RETRY_INITIAL * factor).min(RETRY_MAX)
+    nsq::backoff::exponential(RETRY_INITIAL, RETRY_MAX, failures.saturating_sub(1))
 }
 
 /// First and last seq of a batch (taken in seq order).
