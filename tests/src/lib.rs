@@ -4,11 +4,11 @@
 //! `sensor`, `worker` and `logger` binaries (built by `cargo test --workspace`) as child
 //! processes, the way a user runs them. [`Service`] owns one such process: it captures its log
 //! lines, waits for its `/health`, sends it SIGTERM or SIGKILL by PID, and kills it on drop.
-//! [`wait_until`] awaits a condition with a deadline instead of sleeping.
+//! [`wait_until`] (from the workspace's `test-support` crate) awaits a condition with a
+//! deadline instead of sleeping; [`skip`] reports a test that cannot run here.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::missing_panics_doc)]
 
-use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -19,6 +19,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 pub use nsq::testkit::{free_port, Nsqadmin, Nsqd, Nsqlookupd};
+pub use test_support::{skip, wait_until};
 
 pub mod secure;
 
@@ -222,25 +223,6 @@ impl Service {
 impl Drop for Service {
     fn drop(&mut self) {
         self.kill9();
-    }
-}
-
-/// Polls `cond` every 25 ms until true; panics with `what` after `timeout`.
-pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond().await {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 

@@ -2,8 +2,9 @@
 //! pair with private addresses made by this test. nsqd's `--broadcast-address` and lookupd
 //! discovery are exercised across a real interface, not only 127.0.0.1.
 //!
-//! Skips, with a printed reason, where namespaces cannot be created (no root, no `ip`, no
-//! CAP_SYS_ADMIN). Traffic only ever goes to the two addresses the test assigns.
+//! Skips where namespaces cannot be created (no root, no `ip`, no CAP_SYS_ADMIN), visibly:
+//! [`skip`] prints a `SKIPPED` line and records it for `scripts/test.sh`'s summary. Traffic
+//! only ever goes to the two addresses the test assigns.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -84,14 +85,18 @@ impl Drop for Hosts {
 
 #[tokio::test]
 async fn services_in_their_own_namespace_discover_nsqd_across_a_veth() {
+    const TEST: &str = "netns::services_in_their_own_namespace_discover_nsqd_across_a_veth";
     if !Path::new("/usr/sbin/ip").is_file() {
-        println!("SKIPPED: /usr/sbin/ip (iproute2) is not installed");
+        skip(TEST, "/usr/sbin/ip (iproute2) is not installed");
         return;
     }
     let hosts = match Hosts::create() {
         Ok(h) => h,
         Err(reason) => {
-            println!("SKIPPED: cannot create network namespaces here: {reason}");
+            skip(
+                TEST,
+                &format!("cannot create network namespaces here: {reason}"),
+            );
             return;
         }
     };

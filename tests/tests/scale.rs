@@ -99,7 +99,8 @@ async fn fairness_four_workers_share_forty_thousand_readings_evenly() {
     nsqd.create_channel("results", "logger").await;
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("results.jsonl");
-    let mut log = logger(&[&lookupd], &output, &[]);
+    // A 60 s window for GET /workers, read once at the end (see there).
+    let mut log = logger(&[&lookupd], &output, &[flag("summary-interval", "60s")]);
     // 10 in flight x 5 ms of work: about 2,000 readings/s per worker, so the workers, not
     // the sensor or nsqd, are the bottleneck.
     let slow = [flag("max-in-flight", 10), flag("work-ms", 5)];
@@ -155,7 +156,11 @@ async fn fairness_four_workers_share_forty_thousand_readings_evenly() {
             100.0 * s
         );
     }
-    // The logger's own view agrees: GET /workers lists the four.
+    // The logger's own view agrees: GET /workers lists the four. It lists the workers with a
+    // result in its window (--summary-interval, 60 s here): all four wrote results until the
+    // end, and this read follows the last one by the time to read and check the 40,000
+    // lines above (about 1 s idle); 60 s leaves a margin of more than 10x for a loaded
+    // machine. The logger's default 5 s window could expire first there.
     let snapshot: serde_json::Value = reqwest::get(format!("http://{}/workers", log.http))
         .await
         .unwrap()
@@ -217,9 +222,15 @@ async fn workers_added_and_removed_at_runtime_share_the_load_and_nothing_is_lost
             .unwrap_or(false)
     })
     .await;
+    // /workers lists a worker in any 1 s window in which one of its results was written, so
+    // this holds in the first second in which all three have results written: idle, within
+    // about a second of subscribing. What is guaranteed is only that results keep flowing:
+    // the test still needs 4,500 of them below, at most ~3,000/s, so this holds for seconds
+    // on end. The 30 s bound, like the waits for results below, only catches a stalled
+    // pipeline; a tighter one measured the machine's load, not the logger.
     wait_until(
         "GET /workers lists 3 workers",
-        Duration::from_secs(3),
+        Duration::from_secs(30),
         || workers_listed(&log.http, 3),
     )
     .await;
@@ -236,10 +247,15 @@ async fn workers_added_and_removed_at_runtime_share_the_load_and_nothing_is_lost
     // Scale down to 2 with SIGTERM: a clean exit, nothing it held is lost.
     let status = w3.terminate(Duration::from_secs(20)).await;
     assert!(status.success(), "w3 exit: {status}");
-    // Within one summary period (plus a second of slack) the stopped worker is gone.
+    // The stopped worker is gone from /workers one window (1 s) after its last result is
+    // written; that result may still sit in nsqd's `results` topic when it exits, so the
+    // guarantee is "a window after the logger drains it", not a fixed time after SIGTERM.
+    // The other two keep writing (2,000 more results are awaited below), so the two-worker
+    // list shows as soon as w3's last result is a window old. 30 s, like the waits for
+    // results, only catches a stalled pipeline (idle: about 1 s).
     wait_until(
         "GET /workers lists 2 workers",
-        Duration::from_secs(3),
+        Duration::from_secs(30),
         || workers_listed(&log.http, 2),
     )
     .await;

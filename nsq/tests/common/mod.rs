@@ -1,21 +1,14 @@
-//! Helpers shared by the client's integration tests.
+//! Helpers shared by the client's integration tests; `init_logs` and `wait_until` come from
+//! the workspace's `test-support` crate.
 #![allow(dead_code)]
 
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use nsq::{ConsumerConfig, Messages, ProducerConfig};
-
-/// Test logs go to the test output only when `RUST_LOG` is set.
-pub fn init_logs() {
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-    }
-}
+// Not every test file uses both (this module is compiled into each one).
+#[allow(unused_imports)]
+pub use test_support::{init_logs, wait_until};
 
 /// Fast reconnects for tests.
 pub fn producer_config() -> ProducerConfig {
@@ -36,24 +29,6 @@ pub fn consumer_config(nsqd: &[String], max_in_flight: u32) -> ConsumerConfig {
     c.connection.reconnect_initial = Duration::from_millis(50);
     c.connection.reconnect_max = Duration::from_millis(500);
     c
-}
-
-/// Polls `cond` every 20 ms until it is true or `timeout` passes; panics with `what`.
-pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond().await {
-            return;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// The next message within `timeout`, or panic.

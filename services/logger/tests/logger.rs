@@ -3,27 +3,16 @@
 //! Every test that builds an [`Application`] uses the logger id [`LOGGER_ID`]: the metrics
 //! recorder is process-wide and labelled with the id.
 
-use std::{
-    collections::BTreeMap,
-    future::Future,
-    path::Path,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use bytes::Bytes;
 use logger::{line::LogLine, Application, Config};
 use messages::{WorkResult, SCHEMA_VERSION};
-use nsq::testkit::{free_port, Nsqd};
+use nsq::testkit::Nsqd;
+use test_support::{cli, init_logs, run_bin, wait_until};
 
 const LOGGER_ID: &str = "test-logger";
 const BIN: &str = env!("CARGO_BIN_EXE_logger");
-
-fn init_logs() {
-    if let Ok(filter) = std::env::var("RUST_LOG") {
-        let _ = suite_common::telemetry::init(suite_common::telemetry::LogFormat::Text, &filter);
-    }
-}
 
 fn config(nsqd: &Nsqd, output: &Path) -> Config {
     let mut config = Config {
@@ -35,21 +24,6 @@ fn config(nsqd: &Nsqd, output: &Path) -> Config {
     };
     config.consumer.nsqd_tcp_address = vec![nsqd.tcp_address().parse().unwrap()];
     config
-}
-
-async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !cond().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn result(seq: u64, worker: &str) -> WorkResult {
@@ -278,15 +252,6 @@ async fn a_foreign_output_file_is_refused() {
 
 // ---- the binary's command line ----
 
-fn logger_bin(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    Command::new(BIN)
-        .args(args)
-        .env_clear()
-        .envs(env.iter().copied())
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn print_config_shows_flags_over_env_over_file_over_defaults() {
     let dir = tempfile::tempdir().unwrap();
@@ -297,7 +262,8 @@ fn print_config_shows_flags_over_env_over_file_over_defaults() {
          output = \"/file/out.jsonl\"\nlookupd_http_address = [\"file:4161\"]\n",
     )
     .unwrap();
-    let out = logger_bin(
+    let out = run_bin(
+        BIN,
         &[
             "--config",
             file.to_str().unwrap(),
@@ -346,53 +312,34 @@ fn print_config_shows_flags_over_env_over_file_over_defaults() {
 
 #[test]
 fn bad_configuration_exits_2_with_a_clear_message() {
-    let out = logger_bin(&[], &[]);
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("at least one nsqlookupd or nsqd"),
-        "{stderr}"
+    cli::exits_2(BIN, &[], &[], Some("at least one nsqlookupd or nsqd"));
+
+    cli::exits_2(
+        BIN,
+        &["--lookupd-http-address", "ftp://x:1"],
+        &[],
+        Some("`--lookupd-http-address` 'ftp://x:1'"),
     );
 
-    let out = logger_bin(&["--lookupd-http-address", "ftp://x:1"], &[]);
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("`--lookupd-http-address` 'ftp://x:1'"),
-        "{stderr}"
-    );
-
-    let out = logger_bin(&["--fsync=maybe"], &[]);
-    assert_eq!(out.status.code(), Some(2));
+    cli::exits_2(BIN, &["--fsync=maybe"], &[], None);
 }
 
 #[test]
 fn help_documents_flags_and_env_vars() {
-    let out = logger_bin(&["--help"], &[]);
-    assert!(out.status.success());
-    let help = String::from_utf8(out.stdout).unwrap();
-    for needle in [
-        "--output <PATH>",
-        "[env: LOGGER_OUTPUT]",
-        "--fsync",
-        "healthcheck",
-    ] {
-        assert!(help.contains(needle), "{needle} missing from:\n{help}");
-    }
+    cli::help_mentions(
+        BIN,
+        &[
+            "--output <PATH>",
+            "[env: LOGGER_OUTPUT]",
+            "--fsync",
+            "healthcheck",
+        ],
+    );
 }
 
 #[test]
 fn healthcheck_fails_when_nothing_listens() {
-    let port = free_port();
-    let out = logger_bin(
-        &[
-            "healthcheck",
-            "--http-address",
-            &format!("127.0.0.1:{port}"),
-        ],
-        &[],
-    );
-    assert_eq!(out.status.code(), Some(1));
+    cli::healthcheck_fails_when_nothing_listens(BIN);
 }
 
 #[tokio::test]

@@ -3,31 +3,15 @@
 //! Every test that builds an [`Application`] uses the sensor id [`SENSOR_ID`]: the metrics
 //! recorder is process-wide and labelled with the id.
 
-use std::{
-    collections::BTreeSet,
-    future::Future,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeSet, time::Duration};
 
 use messages::{SensorReading, SensorStatus};
 use nsq::testkit::{free_port, Nsqd};
 use sensor::{Application, Config, StopReason};
+use test_support::{cli, consume, init_logs, run_bin, wait_until};
 
 const SENSOR_ID: &str = "test-sensor";
 const BIN: &str = env!("CARGO_BIN_EXE_sensor");
-
-/// Test logs go to the test output only when `RUST_LOG` is set.
-fn init_logs() {
-    if let Ok(filter) = std::env::var("RUST_LOG") {
-        let _ = tracing_subscriber_init(&filter);
-    }
-}
-
-fn tracing_subscriber_init(filter: &str) -> Result<(), String> {
-    suite_common::telemetry::init(suite_common::telemetry::LogFormat::Text, filter)
-        .map_err(|e| e.to_string())
-}
 
 fn config(nsqd: &str) -> Config {
     Config {
@@ -37,49 +21,6 @@ fn config(nsqd: &str) -> Config {
         status_interval: "100ms".parse().unwrap(),
         ..Config::default()
     }
-}
-
-/// Polls `cond` every 20 ms until it is true, or panics after `timeout`.
-async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !cond().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Consumes `n` messages of `topic` on `channel` (FINs them), decoding each with `decode`.
-async fn consume<T>(
-    nsqd: &Nsqd,
-    topic: &str,
-    channel: &str,
-    n: usize,
-    decode: impl Fn(&[u8]) -> T,
-) -> Vec<T> {
-    let config = nsq::ConsumerConfig {
-        nsqd_tcp_addresses: vec![nsqd.tcp_address()],
-        max_in_flight: 1000,
-        ..nsq::ConsumerConfig::default()
-    };
-    let (consumer, mut messages) = nsq::Consumer::new(topic, channel, config).unwrap();
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        let msg = tokio::time::timeout(Duration::from_secs(10), messages.recv())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {n} messages on {topic}", out.len()))
-            .unwrap();
-        out.push(decode(msg.body()));
-        msg.finish();
-    }
-    consumer.close().await;
-    out
 }
 
 /// `message_count` of a channel: how many messages nsqd ever put on it.
@@ -286,16 +227,6 @@ async fn outbox_delivers_what_was_taken_while_nsqd_was_away() {
 
 // ---- the binary's command line ----
 
-/// Runs the binary with a clean environment plus `env`.
-fn sensor(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    Command::new(BIN)
-        .args(args)
-        .env_clear()
-        .envs(env.iter().copied())
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn print_config_shows_flags_over_env_over_file_over_defaults() {
     let dir = tempfile::tempdir().unwrap();
@@ -305,7 +236,8 @@ fn print_config_shows_flags_over_env_over_file_over_defaults() {
         "rate = 1\ntopic = \"from_file\"\nvalues = 7\ncount = 9\n",
     )
     .unwrap();
-    let out = sensor(
+    let out = run_bin(
+        BIN,
         &[
             "--config",
             file.to_str().unwrap(),
@@ -339,50 +271,39 @@ fn print_config_shows_flags_over_env_over_file_over_defaults() {
 
 #[test]
 fn bad_configuration_exits_2_with_a_clear_message() {
-    let out = sensor(&["--nsqd-tcp-address", "nsqd"], &[]);
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("`--nsqd-tcp-address` 'nsqd' is not host:port"),
-        "{stderr}"
+    cli::exits_2(
+        BIN,
+        &["--nsqd-tcp-address", "nsqd"],
+        &[],
+        Some("`--nsqd-tcp-address` 'nsqd' is not host:port"),
     );
 
-    let out = sensor(&["--no-such-flag"], &[]);
-    assert_eq!(out.status.code(), Some(2));
+    cli::exits_2(BIN, &["--no-such-flag"], &[], None);
 
-    let out = sensor(&["--print-config"], &[("SENSOR_RAET", "5")]);
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("did you mean `SENSOR_RATE`"), "{stderr}");
+    cli::exits_2(
+        BIN,
+        &["--print-config"],
+        &[("SENSOR_RAET", "5")],
+        Some("did you mean `SENSOR_RATE`"),
+    );
 }
 
 #[test]
 fn help_documents_flags_and_env_vars() {
-    let out = sensor(&["--help"], &[]);
-    assert!(out.status.success());
-    let help = String::from_utf8(out.stdout).unwrap();
-    for needle in [
-        "--rate <N>",
-        "[env: SENSOR_RATE]",
-        "--outbox-size",
-        "healthcheck",
-    ] {
-        assert!(help.contains(needle), "{needle} missing from:\n{help}");
-    }
+    cli::help_mentions(
+        BIN,
+        &[
+            "--rate <N>",
+            "[env: SENSOR_RATE]",
+            "--outbox-size",
+            "healthcheck",
+        ],
+    );
 }
 
 #[test]
 fn healthcheck_fails_when_nothing_listens() {
-    let port = free_port();
-    let out = sensor(
-        &[
-            "healthcheck",
-            "--http-address",
-            &format!("127.0.0.1:{port}"),
-        ],
-        &[],
-    );
-    assert_eq!(out.status.code(), Some(1));
+    cli::healthcheck_fails_when_nothing_listens(BIN);
 }
 
 #[tokio::test]

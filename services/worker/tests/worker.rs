@@ -3,26 +3,16 @@
 //! Every test that builds an [`Application`] uses the worker id [`WORKER_ID`]: the metrics
 //! recorder is process-wide and labelled with the id.
 
-use std::{
-    collections::BTreeMap,
-    future::Future,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, time::Duration};
 
 use bytes::Bytes;
 use messages::{DeadLetter, SensorReading, WorkResult, SCHEMA_VERSION};
-use nsq::testkit::{free_port, Nsqd};
+use nsq::testkit::Nsqd;
+use test_support::{cli, consume, init_logs, run_bin, wait_until};
 use worker::{Application, Config};
 
 const WORKER_ID: &str = "test-worker";
 const BIN: &str = env!("CARGO_BIN_EXE_worker");
-
-fn init_logs() {
-    if let Ok(filter) = std::env::var("RUST_LOG") {
-        let _ = suite_common::telemetry::init(suite_common::telemetry::LogFormat::Text, &filter);
-    }
-}
 
 fn config(nsqd: &Nsqd) -> Config {
     let mut config = Config {
@@ -33,48 +23,6 @@ fn config(nsqd: &Nsqd) -> Config {
     };
     config.consumer.nsqd_tcp_address = vec![nsqd.tcp_address().parse().unwrap()];
     config
-}
-
-async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !cond().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Consumes `n` messages of `topic` on `channel`, FINs them and decodes each with `decode`.
-async fn consume<T>(
-    nsqd: &Nsqd,
-    topic: &str,
-    channel: &str,
-    n: usize,
-    decode: impl Fn(&[u8]) -> T,
-) -> Vec<T> {
-    let config = nsq::ConsumerConfig {
-        nsqd_tcp_addresses: vec![nsqd.tcp_address()],
-        max_in_flight: 1000,
-        ..nsq::ConsumerConfig::default()
-    };
-    let (consumer, mut messages) = nsq::Consumer::new(topic, channel, config).unwrap();
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        let msg = tokio::time::timeout(Duration::from_secs(10), messages.recv())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {n} messages on {topic}", out.len()))
-            .unwrap();
-        out.push(decode(msg.body()));
-        msg.finish();
-    }
-    consumer.close().await;
-    out
 }
 
 fn reading(seq: u64, taken_at: u64) -> SensorReading {
@@ -352,15 +300,6 @@ async fn stops_cleanly_while_busy() {
 
 // ---- the binary's command line ----
 
-fn worker_bin(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    Command::new(BIN)
-        .args(args)
-        .env_clear()
-        .envs(env.iter().copied())
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn print_config_shows_flags_over_env_over_file_over_defaults() {
     let dir = tempfile::tempdir().unwrap();
@@ -371,7 +310,8 @@ fn print_config_shows_flags_over_env_over_file_over_defaults() {
          nsqd_tcp_address = [\"file:4150\"]\nmax_age = \"30s\"\n",
     )
     .unwrap();
-    let out = worker_bin(
+    let out = run_bin(
+        BIN,
         &[
             "--config",
             file.to_str().unwrap(),
@@ -431,52 +371,33 @@ fn print_config_shows_flags_over_env_over_file_over_defaults() {
 
 #[test]
 fn bad_configuration_exits_2_with_a_clear_message() {
-    let out = worker_bin(&[], &[]);
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("at least one nsqlookupd or nsqd"),
-        "{stderr}"
+    cli::exits_2(BIN, &[], &[], Some("at least one nsqlookupd or nsqd"));
+
+    cli::exits_2(
+        BIN,
+        &["--nsqd-tcp-address", "127.0.0.1:99999"],
+        &[],
+        Some("`--nsqd-tcp-address` '127.0.0.1:99999'"),
     );
 
-    let out = worker_bin(&["--nsqd-tcp-address", "127.0.0.1:99999"], &[]);
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("`--nsqd-tcp-address` '127.0.0.1:99999'"),
-        "{stderr}"
-    );
-
-    let out = worker_bin(&["--bogus"], &[]);
-    assert_eq!(out.status.code(), Some(2));
+    cli::exits_2(BIN, &["--bogus"], &[], None);
 }
 
 #[test]
 fn help_documents_flags_and_env_vars() {
-    let out = worker_bin(&["--help"], &[]);
-    assert!(out.status.success());
-    let help = String::from_utf8(out.stdout).unwrap();
-    for needle in [
-        "--lookupd-http-address <ADDR>",
-        "[env: WORKER_LOOKUPD_HTTP_ADDRESS]",
-        "--stale-policy",
-        "--dead-letter-topic",
-        "healthcheck",
-    ] {
-        assert!(help.contains(needle), "{needle} missing from:\n{help}");
-    }
+    cli::help_mentions(
+        BIN,
+        &[
+            "--lookupd-http-address <ADDR>",
+            "[env: WORKER_LOOKUPD_HTTP_ADDRESS]",
+            "--stale-policy",
+            "--dead-letter-topic",
+            "healthcheck",
+        ],
+    );
 }
 
 #[test]
 fn healthcheck_fails_when_nothing_listens() {
-    let port = free_port();
-    let out = worker_bin(
-        &[
-            "healthcheck",
-            "--http-address",
-            &format!("127.0.0.1:{port}"),
-        ],
-        &[],
-    );
-    assert_eq!(out.status.code(), Some(1));
+    cli::healthcheck_fails_when_nothing_listens(BIN);
 }
