@@ -6,6 +6,7 @@
 //!
 //! To regenerate `testdata/` after a deliberate, versioned change, run
 //! `MESSAGES_BLESS=1 cargo test -p messages --test codec` and update the hex constants.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure fails the test
 
 use std::{collections::BTreeMap, path::PathBuf};
 

@@ -6,6 +6,7 @@
 //! A counting global allocator (per thread, so that tests running in parallel do not disturb
 //! a measurement) reports the peak a decode holds. `PROPTEST_CASES` scales every property
 //! (README, "Test it").
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure fails the test
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},

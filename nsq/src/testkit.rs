@@ -15,7 +15,7 @@
 //!
 //! Failures here are test-setup failures and panic with a message that says what to do.
 
-#![allow(clippy::expect_used, clippy::unwrap_used)]
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 use std::collections::HashSet;
 use std::net::TcpListener;

@@ -1,6 +1,7 @@
 //! AUTH against nsqd started with `--auth-http-address`, pointing at a small auth server made
 //! in the test (the protocol of NSQ's `nsqauthfilter`/`pynsqauthd`: nsqd asks
 //! `GET /auth?secret=...` and gets the identity and its authorizations as JSON).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure fails the test
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The client under faults, against real nsqd v1.3.0: nsqd restarts, a consumer killed with
 //! messages in flight, dropped messages, bad input, nsqd absent at start-up, CLS.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure fails the test
 
 mod common;
 

@@ -6,6 +6,7 @@
 //! The observable is nsqd's own IDENTIFY answer (`output_buffer_timeout`, shown as
 //! [`nsq::NodeStats::output_buffer_timeout`]): what nsqd will use for the connection. No
 //! latency is measured here; the benchmark does that.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure fails the test
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Publish/consume round trips against real nsqd v1.3.0: PUB, MPUB, DPUB with 100,000
 //! messages each, load balancing on one channel, fan-out over two channels.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure fails the test
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! TLS against nsqd started with `--tls-required`, with a CA made inside the test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure fails the test
 
 mod common;
 

@@ -14,7 +14,12 @@
 //! `nsq`'s own integration tests use this crate too: it depends on `nsq` and `nsq` has it as a
 //! dev-dependency only, which cargo allows (the tests link the one `nsq` library).
 
-#![allow(clippy::expect_used, clippy::unwrap_used, clippy::missing_panics_doc)]
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::missing_panics_doc
+)]
 
 use std::ffi::OsStr;
 use std::future::Future;

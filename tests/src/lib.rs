@@ -7,7 +7,12 @@
 //! [`wait_until`] (from the workspace's `test-support` crate) awaits a condition with a
 //! deadline instead of sleeping; [`skip`] reports a test that cannot run here.
 
-#![allow(clippy::expect_used, clippy::unwrap_used, clippy::missing_panics_doc)]
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::missing_panics_doc
+)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

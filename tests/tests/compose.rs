@@ -20,6 +20,7 @@
 //!
 //! Not checked: an image build and a container run (image sizes, the musl build, the
 //! `nsqio/nsq` image, Docker's DNS and health-check scheduling).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure fails the test
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};

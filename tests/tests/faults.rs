@@ -17,6 +17,7 @@
 //! The tests run one at a time (a lock): on 2 cores, several pipelines at once would make the
 //! timings, not the code, the subject. Run them with `cargo test -p e2e --test faults`
 //! (`E2E_LOGS=1` echoes the services' logs; `-- --nocapture` shows the figures).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure fails the test
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

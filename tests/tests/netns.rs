@@ -5,6 +5,7 @@
 //! Skips where namespaces cannot be created (no root, no `ip`, no CAP_SYS_ADMIN), visibly:
 //! [`skip`] prints a `SKIPPED` line and records it for `scripts/test.sh`'s summary. Traffic
 //! only ever goes to the two addresses the test assigns.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure fails the test
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

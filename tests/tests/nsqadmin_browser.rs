@@ -16,6 +16,7 @@
 //! `tests/browser/node_modules` (`scripts/browser-env.sh` installs them; `.ci/run` calls it).
 //! Where any of them is missing or Chromium cannot start, the test fails and says so: it
 //! never passes without having looked at the page.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure fails the test
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

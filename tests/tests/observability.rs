@@ -4,6 +4,7 @@
 //! `/metrics` is parsed by Prometheus' own Python client (`prometheus_client.parser`, run
 //! through `tests/python/parse_metrics.py` with `$NSQ_SUITE_PYTHON`), which rejects a
 //! malformed exposition; the first test proves that it does.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure fails the test
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;

@@ -1,5 +1,6 @@
 //! Scale out: fairness over 4 workers, workers added and removed at runtime, fan-out to a
 //! second channel, and two nsqd with two nsqlookupd. Real daemons, real binaries.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure fails the test
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

@@ -7,6 +7,7 @@
 //!   refused by nsqd;
 //! - a wrong CA, and a wrong secret: the service says why in `/ready` (503), keeps running
 //!   and keeps retrying.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure fails the test
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;

@@ -1,4 +1,5 @@
 //! The suite end to end: real nsqlookupd + nsqd, the real sensor, worker and logger binaries.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure fails the test
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};

@@ -1,5 +1,6 @@
 //! Helpers shared by the client's integration tests; `init_logs` and `wait_until` come from
 //! the workspace's `test-support` crate.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure fails the test
 #![allow(dead_code)]
 
 use std::time::Duration;

@@ -186,6 +186,12 @@ pub enum LoadError {
 }
 
 /// The defaults of a configuration struct: what it is with no flag, no environment, no file.
+///
+/// # Panics
+///
+/// When a default is refused by its own value parser: a bug in the struct's declaration, not
+/// something a user can cause (no input is read), caught by every service's tests.
+#[allow(clippy::panic)] // see Panics: a declaration bug, never user input
 pub fn defaults<C: clap::Args + FromArgMatches>() -> C {
     let command = C::augment_args(Command::new("defaults"));
     // Only the struct's own defaults are parsed here: an error is a bug in its declaration

@@ -2,6 +2,7 @@
 //!
 //! One test function, because the Prometheus recorder is process-wide: it is installed once
 //! here, with the labels the assertions expect.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure fails the test
 
 use std::time::Duration;
 

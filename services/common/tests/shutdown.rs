@@ -1,4 +1,5 @@
 //! SIGTERM cancels the shutdown token (its own test binary: signal handlers are per process).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure fails the test
 
 use std::time::Duration;
 

@@ -2,6 +2,7 @@
 //!
 //! Every test that builds an [`Application`] uses the logger id [`LOGGER_ID`]: the metrics
 //! recorder is process-wide and labelled with the id.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure fails the test
 
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
