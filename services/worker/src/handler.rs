@@ -25,6 +25,7 @@ use std::{
 
 use messages::SensorReading;
 use nsq::{Message, Producer};
+use suite_common::log_limit::LogLimiter;
 use tracing::Instrument as _;
 
 use crate::{
@@ -79,6 +80,11 @@ pub struct Handler {
     hot: m::Hot,
     /// First deliveries seen, for the `--slow-every` fault injection.
     first_deliveries: Arc<AtomicU64>,
+    /// Keeps the error about bodies that are not readings to one line a second: anyone can
+    /// publish garbage to the topic, and the log must not grow with it.
+    decode_warnings: Arc<std::sync::Mutex<LogLimiter>>,
+    /// The same for the line each dead letter gets.
+    dead_letter_warnings: Arc<std::sync::Mutex<LogLimiter>>,
 }
 
 impl Handler {
@@ -94,6 +100,8 @@ impl Handler {
             producer,
             hot,
             first_deliveries: Arc::new(AtomicU64::new(0)),
+            decode_warnings: Arc::default(),
+            dead_letter_warnings: Arc::default(),
         }
     }
 
@@ -183,14 +191,23 @@ impl Handler {
             Err(e) => {
                 metrics::counter!(m::DECODE_ERRORS, "topic" => s.topic.to_string(), "channel" => s.channel.to_string())
                     .increment(1);
-                tracing::error!(
-                    id = msg.id(),
-                    attempts = msg.attempts(),
-                    bytes = msg.body().len(),
-                    nsqd = msg.nsqd_address(),
-                    error = %e,
-                    "message is not a SensorReading: dead-lettering it, it will not be retried"
-                );
+                let held_back = self
+                    .decode_warnings
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .check();
+                if let Some(held_back) = held_back {
+                    tracing::error!(
+                        id = msg.id(),
+                        attempts = msg.attempts(),
+                        bytes = msg.body().len(),
+                        nsqd = msg.nsqd_address(),
+                        error = %e,
+                        held_back,
+                        "message is not a SensorReading: dead-lettering it, it will not be \
+                         retried"
+                    );
+                }
                 return self
                     .dead_letter(msg, DeadLetterReason::Decode, e.to_string())
                     .await;
@@ -294,13 +311,21 @@ impl Handler {
         match published {
             Ok(()) => {
                 metrics::counter!(m::PUBLISHED, "topic" => s.dead_letter_topic()).increment(1);
-                tracing::warn!(
-                    id = msg.id(),
-                    reason = reason.as_str(),
-                    dead_letter_topic = %s.dead_letter_topic(),
-                    error = %letter.error,
-                    "message dead-lettered and finished"
-                );
+                let held_back = self
+                    .dead_letter_warnings
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .check();
+                if let Some(held_back) = held_back {
+                    tracing::warn!(
+                        id = msg.id(),
+                        reason = reason.as_str(),
+                        dead_letter_topic = %s.dead_letter_topic(),
+                        error = %letter.error,
+                        held_back,
+                        "message dead-lettered and finished"
+                    );
+                }
                 msg.finish();
                 Outcome::DeadLettered(reason)
             }
