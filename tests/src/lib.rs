@@ -28,6 +28,22 @@ pub use test_support::{skip, wait_until};
 
 pub mod secure;
 
+/// The channels the services read (topic, channel): created before the first message, so
+/// that none misses one (NSQ copies a message only to the channels that exist).
+pub const SUITE_CHANNELS: [(&str, &str); 4] = [
+    ("sensor_data", "worker"),
+    ("results", "logger"),
+    ("sensor_status", "logger"),
+    ("sensor_replay_unavailable", "logger"),
+];
+
+/// Creates [`SUITE_CHANNELS`] on `nsqd`.
+pub async fn create_suite_channels(nsqd: &Nsqd) {
+    for (topic, channel) in SUITE_CHANNELS {
+        nsqd.create_channel(topic, channel).await;
+    }
+}
+
 /// The directory holding the workspace's binaries (`target/debug`), found from the running
 /// test executable (`target/debug/deps/<test>`).
 pub fn bin_dir() -> PathBuf {

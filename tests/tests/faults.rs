@@ -86,15 +86,8 @@ impl Env {
             .ports(self.ports.0, self.ports.1)
             .start()
             .await;
-        for (topic, channel) in [
-            ("sensor_data", "worker"),
-            ("results", "logger"),
-            ("sensor_status", "logger"),
-            ("sensor_replay_unavailable", "logger"),
-            ("sensor_data.dead", "inspect"),
-        ] {
-            nsqd.create_channel(topic, channel).await;
-        }
+        create_suite_channels(&nsqd).await;
+        nsqd.create_channel("sensor_data.dead", "inspect").await;
         // The replay topic gets only ephemeral channels (one per sensor epoch).
         nsqd_post(&nsqd, "/topic/create", &[("topic", "sensor_replay")]).await;
         nsqd.terminate();

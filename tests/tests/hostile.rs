@@ -363,14 +363,7 @@ async fn attack_topics(nsqd_tcp: String, epoch: u64) {
 async fn hostile_input_takes_no_service_down() {
     let lookupd = Nsqlookupd::start().await;
     let nsqd = Nsqd::builder().lookupd(&lookupd).start().await;
-    for (topic, channel) in [
-        ("sensor_data", "worker"),
-        ("results", "logger"),
-        ("sensor_status", "logger"),
-        ("sensor_replay_unavailable", "logger"),
-    ] {
-        nsqd.create_channel(topic, channel).await;
-    }
+    create_suite_channels(&nsqd).await;
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("results.jsonl");
     let consumer = |extra: &[String]| {

@@ -19,18 +19,6 @@ use nsq::{Producer, ProducerConfig};
 /// Readings taken in each end-to-end run.
 const COUNT: u64 = 500;
 
-/// Channels the services read, created first so that none misses a message.
-async fn create_channels(nsqd: &Nsqd) {
-    for (topic, channel) in [
-        ("sensor_data", "worker"),
-        ("results", "logger"),
-        ("sensor_status", "logger"),
-        ("sensor_replay_unavailable", "logger"),
-    ] {
-        nsqd.create_channel(topic, channel).await;
-    }
-}
-
 /// Starts logger, worker and sensor (`extra(name)` are each one's extra flags), waits until
 /// every reading is logged exactly once, and stops them (each must exit 0).
 async fn run_suite(lookupd: &Nsqlookupd, nsqd: &Nsqd, extra: impl Fn(&str) -> Vec<String>) {
@@ -97,11 +85,15 @@ async fn run_suite(lookupd: &Nsqlookupd, nsqd: &Nsqd, extra: impl Fn(&str) -> Ve
     }
 }
 
-/// `GET /ready` of a service: the status and the body.
-async fn ready(s: &Service) -> (u16, String) {
-    match reqwest::get(format!("http://{}/ready", s.http)).await {
-        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
-        Err(e) => (0, e.to_string()),
+/// `GET /ready` of a service: the status and the body. The future does not borrow `s`, so
+/// that it can be made inside `wait_until`'s closure.
+fn ready(s: &Service) -> impl std::future::Future<Output = (u16, String)> {
+    let url = format!("http://{}/ready", s.http);
+    async move {
+        match reqwest::get(url).await {
+            Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+            Err(e) => (0, e.to_string()),
+        }
     }
 }
 
@@ -122,7 +114,7 @@ async fn wait_refused(s: &mut Service, needle: &str) -> String {
         &format!("{} not ready because of {needle}", s.name),
         Duration::from_secs(30),
         || {
-            let reason = futures_free_ready(s);
+            let reason = ready(s);
             async move {
                 let (status, body) = reason.await;
                 status == 503 && body.contains(needle)
@@ -141,17 +133,6 @@ async fn wait_refused(s: &mut Service, needle: &str) -> String {
     body
 }
 
-/// `ready(s)` as a future that does not borrow `s` (for `wait_until`'s closure).
-fn futures_free_ready(s: &Service) -> impl std::future::Future<Output = (u16, String)> {
-    let url = format!("http://{}/ready", s.http);
-    async move {
-        match reqwest::get(url).await {
-            Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
-            Err(e) => (0, e.to_string()),
-        }
-    }
-}
-
 #[tokio::test]
 async fn tls_with_verified_client_certificates_end_to_end() {
     let pki = Pki::new(&["sensor", "worker", "logger"]);
@@ -161,7 +142,7 @@ async fn tls_with_verified_client_certificates_end_to_end() {
         builder = builder.arg(arg);
     }
     let nsqd = builder.start().await;
-    create_channels(&nsqd).await;
+    create_suite_channels(&nsqd).await;
     run_suite(&lookupd, &nsqd, |name| pki.client_args(name)).await;
 }
 
@@ -174,7 +155,7 @@ async fn a_wrong_ca_or_no_client_certificate_is_refused_with_the_reason() {
         builder = builder.arg(arg);
     }
     let nsqd = builder.start().await;
-    create_channels(&nsqd).await;
+    create_suite_channels(&nsqd).await;
 
     // Trusting another CA: nsqd's certificate is not accepted.
     let mut worker = Service::start(
@@ -274,7 +255,7 @@ async fn auth_grants_each_identity_only_its_topics() {
         .arg(format!("--auth-http-address={}", auth.address))
         .start()
         .await;
-    create_channels(&nsqd).await;
+    create_suite_channels(&nsqd).await;
     let dir = tempfile::tempdir().unwrap();
     // The secrets come from files, the way Docker secrets do.
     let secret_file = |name: &str| {
@@ -323,7 +304,7 @@ async fn a_wrong_secret_is_refused_with_the_reason() {
         .arg(format!("--auth-http-address={}", auth.address))
         .start()
         .await;
-    create_channels(&nsqd).await;
+    create_suite_channels(&nsqd).await;
     let mut sensor = Service::start(
         "sensor",
         &[

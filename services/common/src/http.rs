@@ -413,10 +413,10 @@ impl DisconnectReasons {
     }
 }
 
-/// The reason `/ready` gives for a producer that is not connected: what it is doing, or why
-/// its last attempt failed.
-pub fn producer_reason(producer: &nsq::Producer, addr: &str) -> String {
-    match &*producer.state().borrow() {
+/// The reason `/ready` gives for a producer to `addr` in `state`: what it is doing, or why its
+/// last attempt failed.
+pub fn producer_reason(state: &nsq::ConnectionState, addr: &str) -> String {
+    match state {
         nsq::ConnectionState::Disconnected { reason } => {
             let reason: String = reason.chars().take(200).collect();
             format!("nsqd {addr} unreachable: {reason}")

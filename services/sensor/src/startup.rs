@@ -231,13 +231,8 @@ async fn track_producer(
             .set(if connected { 1.0 } else { 0.0 });
         match current {
             ConnectionState::Connected => readiness.set_ready(),
-            ConnectionState::Connecting => {
-                readiness.set_not_ready(format!("connecting to nsqd {addr}"));
-            }
-            ConnectionState::Disconnected { reason } => {
-                readiness.set_not_ready(format!("nsqd {addr} unreachable: {reason}"));
-            }
             ConnectionState::Closed => readiness.set_not_ready("stopping"),
+            other => readiness.set_not_ready(http::producer_reason(&other, &addr)),
         }
         if state.changed().await.is_err() {
             return;

@@ -264,7 +264,10 @@ async fn sample(consumer: Consumer, producer: Producer, readiness: Readiness, s:
         } else if !producer_up {
             readiness.set_not_ready(format!(
                 "not connected to the destination nsqd: {}",
-                http::producer_reason(&producer, &s.destination_nsqd_tcp_address.to_string())
+                http::producer_reason(
+                    &producer.state().borrow(),
+                    &s.destination_nsqd_tcp_address.to_string()
+                )
             ));
         } else {
             readiness.set_ready();
