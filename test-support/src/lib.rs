@@ -8,6 +8,7 @@
 //! - [`init_logs`] sends the tests' own logs to the test output when `RUST_LOG` is set;
 //! - [`run_bin`] runs a binary with a clean environment (the command-line tests), and
 //!   [`cli`] holds the command-line checks every service repeats;
+//! - [`spawn_service`] builds and runs a service in the test's runtime, as its `main` does;
 //! - [`skip`] makes a test that cannot run here say so, in its output and in
 //!   `scripts/test.sh`'s summary.
 //!
@@ -168,4 +169,23 @@ pub fn skip(test: &str, reason: &str) {
             );
         }
     }
+}
+
+/// Builds the service `S` from `config` and runs it on the test's runtime, as its `main`
+/// does. Returns its HTTP base URL (`http://host:port`), the sender that stops it (as SIGTERM
+/// would) and the run's handle.
+pub async fn spawn_service<S: suite_common::service::Service + 'static>(
+    config: S::Config,
+) -> (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let app = S::build(config).await.unwrap();
+    let base = format!("http://{}", app.http_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    (base, stop, run)
 }

@@ -1,35 +1,19 @@
-//! A minimal service wired with suite-common: what the sensor, worker and logger do in
-//! `main`, without the NSQ part.
+//! A minimal service wired with suite-common: what the sensor, worker and logger do, without
+//! the NSQ part.
 //!
 //! ```text
 //! cargo run -p suite-common --example minimal_service -- --http-address 127.0.0.1:0
 //! MINIMAL_LOG_FORMAT=json cargo run -p suite-common --example minimal_service -- --print-config
 //! ```
 
-use std::process::ExitCode;
+use std::{future::Future, net::SocketAddr, process::ExitCode};
 
-use clap::Parser;
 use serde::Serialize;
 use suite_common::{
     addr::{HostPort, ListenAddr},
-    cli::{CommonArgs, CommonCommand, LogArgs, ServiceCli},
-    config, exit, healthcheck,
-    http::{self, BaseState, HttpServer, Readiness},
-    shutdown::{self, CancellationToken},
-    telemetry,
+    cli::{LogArgs, ServiceConfig},
+    service::{self, Base, Service},
 };
-
-/// The command line: subcommands, common flags, the service's settings.
-#[derive(Parser)]
-#[command(name = "minimal", version, about = "Example service")]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<CommonCommand>,
-    #[command(flatten)]
-    common: CommonArgs,
-    #[command(flatten)]
-    config: Config,
-}
 
 /// The settings: each declared once, with its type (validated while parsing), its help and
 /// its default. Flags, `MINIMAL_*` variables and the `--config` file all fill it.
@@ -54,52 +38,63 @@ struct Config {
     log: LogArgs,
 }
 
-impl ServiceCli for Cli {
+impl ServiceConfig for Config {
+    const NAME: &'static str = "minimal";
     const ENV_PREFIX: &'static str = "MINIMAL";
-    fn common(&self) -> &CommonArgs {
-        &self.common
+    const ABOUT: &'static str = "Example service";
+    const AFTER_HELP: &'static str = "";
+
+    fn http_address(&self) -> &ListenAddr {
+        &self.http_address
+    }
+
+    fn log(&self) -> &LogArgs {
+        &self.log
+    }
+}
+
+/// The running service: its HTTP port and what it does.
+struct Minimal {
+    base: Base,
+}
+
+impl Service for Minimal {
+    type Config = Config;
+
+    async fn build(config: Config) -> anyhow::Result<Self> {
+        let nsqd = suite_common::addr::to_strings(&config.nsqd_tcp_address);
+        let base = Base::start("minimal", &config.id, &config, "starting").await?;
+        // Prints the real port when configured with port 0.
+        println!("http listening on {}", base.http.local_addr());
+        tracing::info!(?nsqd, "started");
+        Ok(Minimal { base })
+    }
+
+    fn http_addr(&self) -> SocketAddr {
+        self.base.http.local_addr()
+    }
+
+    async fn run_until_stopped<F>(self, shutdown: F) -> anyhow::Result<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let Base {
+            readiness,
+            router,
+            http,
+        } = self.base;
+        // A real service connects to NSQ here and sets readiness from its connections.
+        readiness.set_ready();
+        metrics::counter!("minimal_started_total").increment(1);
+        // A real service drains its in-flight messages when `shutdown` resolves.
+        http.run(router, shutdown).await?;
+        tracing::info!("stopped");
+        Ok(())
     }
 }
 
 fn main() -> ExitCode {
-    // A bad flag exits 2 here (clap); a bad variable or file is an error, also exit 2.
-    exit::finish(Cli::parse_args().map_err(Into::into).and_then(run))
-}
-
-fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = cli.config;
-    if cli.common.print_config {
-        return Ok(config::print_config(&config)?);
-    }
-    if let Some(CommonCommand::Healthcheck) = cli.command {
-        return Ok(healthcheck::probe(&config.http_address.to_string())?);
-    }
-    telemetry::init(config.log.log_format, &config.log.log_level)?;
-    let nsqd = suite_common::addr::to_strings(&config.nsqd_tcp_address);
-    tracing::info!(?nsqd, id = %config.id, "starting");
-    tokio::runtime::Runtime::new()?.block_on(serve(config))
-}
-
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let token = CancellationToken::new();
-    shutdown::cancel_on_signal(token.clone())?;
-
-    let metrics = http::install_metrics("minimal", &config.id)?;
-    let readiness = Readiness::not_ready("starting");
-    let state = BaseState::new("minimal", &config.id, readiness.clone(), metrics);
-    let server = HttpServer::bind(&config.http_address.to_string()).await?;
-    println!("http listening on {}", server.local_addr());
-    let http_task =
-        tokio::spawn(server.run(http::base_router(state), token.clone().cancelled_owned()));
-
-    // A real service connects to NSQ here and sets readiness from its connections.
-    readiness.set_ready();
-    metrics::counter!("minimal_started_total").increment(1);
-
-    token.cancelled().await;
-    readiness.set_not_ready("shutting down");
-    // A real service drains its in-flight messages here.
-    http_task.await??;
-    tracing::info!("stopped");
-    Ok(())
+    // Flags > environment > --config file > defaults; --print-config, `healthcheck`, or run
+    // until SIGTERM/SIGINT. Exit code 0, 1 (runtime failure) or 2 (usage error).
+    service::main::<Minimal>()
 }

@@ -137,6 +137,16 @@ pub struct ConsumerArgs<const MAX_IN_FLIGHT: u32> {
     )]
     pub output_buffer_size: i64,
 
+    /// How long nsqd may hold what it sends this consumer.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub flush: FlushArgs,
+}
+
+/// `--output-buffer-timeout`, of every consumer (the worker's and logger's, the sensor's
+/// replay consumer): flatten it with `#[command(flatten)]` and `#[serde(flatten)]`.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args, Serialize)]
+pub struct FlushArgs {
     /// Longest nsqd may hold a message for this consumer in its output buffer: a lone
     /// message waits up to this long per hop. nsqd grants it only at or above its
     /// --min-output-buffer-timeout (25ms unless changed; the suite's configurations set 1ms);
@@ -149,6 +159,13 @@ pub struct ConsumerArgs<const MAX_IN_FLIGHT: u32> {
         value_parser = Parse(output_buffer_timeout)
     )]
     pub output_buffer_timeout: HumanDuration,
+}
+
+impl FlushArgs {
+    /// The output-buffer timeout to ask nsqd for: `None` keeps nsqd's default.
+    pub fn output_buffer_timeout(&self) -> Option<std::time::Duration> {
+        requested(&self.output_buffer_timeout)
+    }
 }
 
 /// Parses `--output-buffer-timeout`: 0 (ask for nothing), or whole milliseconds from 1ms.
@@ -195,7 +212,7 @@ impl<const MAX_IN_FLIGHT: u32> ConsumerArgs<MAX_IN_FLIGHT> {
 
     /// The output-buffer timeout to ask nsqd for: `None` keeps nsqd's default.
     pub fn output_buffer_timeout(&self) -> Option<std::time::Duration> {
-        requested(&self.output_buffer_timeout)
+        self.flush.output_buffer_timeout()
     }
 
     /// The output buffer to ask nsqd for: `None` keeps nsqd's default.
@@ -281,6 +298,79 @@ pub enum CommonCommand {
     /// Probe the running service's /health (for Docker's HEALTHCHECK); exit 0 if healthy,
     /// 1 otherwise
     Healthcheck,
+}
+
+/// A service's settings struct: the part of the command line that differs between services,
+/// with what `--help` says of the service. [`Cli`] adds what every service has around it.
+pub trait ServiceConfig: clap::Args + Serialize {
+    /// Name of the binary (`sensor`, `worker`, `logger`), in `--help` and `--version`.
+    const NAME: &'static str;
+    /// Prefix of the service's environment variables, e.g. `WORKER`.
+    const ENV_PREFIX: &'static str;
+    /// One line for `--help`: what the service does.
+    const ABOUT: &'static str;
+    /// Text after the flags in `--help`.
+    const AFTER_HELP: &'static str;
+
+    /// Changes the clap command further, e.g. the help of a shared flag (default: none).
+    fn adjust(command: clap::Command) -> clap::Command {
+        command
+    }
+    /// Where the HTTP port listens (the `healthcheck` subcommand probes it).
+    fn http_address(&self) -> &crate::addr::ListenAddr;
+    /// The logging settings.
+    fn log(&self) -> &LogArgs;
+}
+
+/// The command line of every service: the `healthcheck` subcommand, [`CommonArgs`], and the
+/// service's settings `C`.
+#[derive(Debug, clap::Parser)]
+#[command(version)]
+pub struct Cli<C: ServiceConfig> {
+    /// Flags every service has.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The service's settings.
+    #[command(flatten)]
+    pub config: C,
+    /// `healthcheck`, or nothing to run the service.
+    #[command(subcommand)]
+    pub command: Option<CommonCommand>,
+}
+
+impl<C: ServiceConfig> ServiceCli for Cli<C> {
+    const ENV_PREFIX: &'static str = C::ENV_PREFIX;
+
+    fn common(&self) -> &CommonArgs {
+        &self.common
+    }
+
+    fn command_with_env() -> clap::Command {
+        use clap::CommandFactory as _;
+        let command = Self::command()
+            .name(C::NAME)
+            .bin_name(C::NAME)
+            .about(C::ABOUT)
+            .after_help(C::AFTER_HELP);
+        with_env_help(C::adjust(command), Self::ENV_PREFIX)
+    }
+}
+
+impl<C: ServiceConfig> Cli<C> {
+    /// The settings from `args` (without the program name) and `env` (in place of the
+    /// process environment), or the error as the user would read it.
+    pub fn config_from(args: &[&str], env: &[(&str, &str)]) -> Result<C, String> {
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let args = std::iter::once(C::NAME).chain(args.iter().copied());
+        match Self::try_parse_with_env(args, &env) {
+            Ok(cli) => Ok(cli.config),
+            Err(LoadError::Usage(e)) => Err(e.render().to_string()),
+            Err(LoadError::Config(e)) => Err(e.to_string()),
+        }
+    }
 }
 
 /// A service's command line: parsing and layering are written once here. Implement it for

@@ -25,6 +25,9 @@
 //!   or SIGINT, and the single-threaded [`runtime`](shutdown::runtime) the services run on.
 //! * [`healthcheck`]: the blocking probe behind `<service> healthcheck`, for images without
 //!   curl.
+//! * [`service`]: [`main`](service::main), the whole `main` of a service (parse, then print
+//!   the settings, probe, or run until a signal), and [`Base`](service::Base), the start of
+//!   every service's `build` (start-up log line, metrics, readiness, HTTP port).
 //! * [`exit`]: maps the outcome to an exit code (0, 1 runtime failure, 2 usage error) and
 //!   prints `error: ...`.
 //!
@@ -47,6 +50,7 @@ pub mod healthcheck;
 pub mod http;
 pub mod log_limit;
 pub mod security;
+pub mod service;
 pub mod setting;
 pub mod shutdown;
 pub mod telemetry;

@@ -23,7 +23,7 @@
 use std::{fmt, io};
 
 use tokio::signal::unix::{signal as unix_signal, Signal as UnixSignal, SignalKind};
-pub use tokio_util::sync::CancellationToken;
+pub use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// The signal that asked the service to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

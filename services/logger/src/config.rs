@@ -8,11 +8,11 @@
 
 use std::path::PathBuf;
 
-use clap::{builder::BoolishValueParser, ArgAction, Parser};
+use clap::{builder::BoolishValueParser, ArgAction};
 use serde::Serialize;
 use suite_common::{
     addr::{HostPort, ListenAddr},
-    cli::{CommonArgs, CommonCommand, ConsumerArgs, LogArgs, ServiceCli},
+    cli::{ConsumerArgs, LogArgs, ServiceConfig},
     config::ConfigError,
     security::NsqSecurityArgs,
     setting::{at_least_one, non_empty, Channel, HumanDuration, Invalid, Parse, Topic},
@@ -47,28 +47,8 @@ answered, is reported lost: a WARN log, nsq_suite_readings_lost_total, and a lin
 list (--lost-output, by default <output stem>.lost.jsonl beside --output). GET /gaps shows
 the missing and lost ranges.";
 
-/// The logger's command line.
-#[derive(Debug, Parser)]
-#[command(
-    name = "logger",
-    version,
-    about = "Consumes WorkResults from NSQ and appends each one once, as a JSON line",
-    after_help = AFTER_HELP,
-    mut_arg("max_in_flight", |arg| arg.help(
-        "Most messages in flight, over all nsqd; also the largest write batch"
-    ))
-)]
-pub struct Cli {
-    /// Flags every service has.
-    #[command(flatten)]
-    pub common: CommonArgs,
-    /// The logger's settings.
-    #[command(flatten)]
-    pub config: Config,
-    /// `healthcheck`, or nothing to run the logger.
-    #[command(subcommand)]
-    pub command: Option<CommonCommand>,
-}
+/// The logger's command line: its [`Config`] and what every service has.
+pub type Cli = suite_common::cli::Cli<Config>;
 
 /// The logger's settings, as parsed and as printed by `--print-config`.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args, Serialize)]
@@ -298,38 +278,38 @@ impl Config {
     }
 }
 
-impl ServiceCli for Cli {
+impl ServiceConfig for Config {
+    const NAME: &'static str = "logger";
     const ENV_PREFIX: &'static str = ENV_PREFIX;
+    const ABOUT: &'static str =
+        "Consumes WorkResults from NSQ and appends each one once, as a JSON line";
+    const AFTER_HELP: &'static str = AFTER_HELP;
 
-    fn common(&self) -> &CommonArgs {
-        &self.common
+    fn adjust(command: clap::Command) -> clap::Command {
+        command.mut_arg("max_in_flight", |arg| {
+            arg.help("Most messages in flight, over all nsqd; also the largest write batch")
+        })
+    }
+
+    fn http_address(&self) -> &ListenAddr {
+        &self.http_address
+    }
+
+    fn log(&self) -> &LogArgs {
+        &self.log
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::{collections::HashMap, time::Duration};
+    use std::time::Duration;
 
-    use suite_common::config::LoadError;
+    use suite_common::cli::ServiceCli as _;
 
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
-
     fn settings(args: &[&str], e: &[(&str, &str)]) -> Result<Config, String> {
-        let mut all = vec!["logger"];
-        all.extend_from_slice(args);
-        let config = Cli::try_parse_with_env(all, &env(e))
-            .map_err(|e| match e {
-                LoadError::Usage(e) => e.render().to_string(),
-                LoadError::Config(e) => e.to_string(),
-            })?
-            .config;
+        let config = Cli::config_from(args, e)?;
         config.check().map_err(|e| e.to_string())?;
         Ok(config)
     }

@@ -46,6 +46,7 @@
 //!
 //! ```no_run
 //! # async fn example() -> anyhow::Result<()> {
+//! use suite_common::service::Service as _; // http_addr
 //! let mut config = logger::Config {
 //!     output: Some("results.jsonl".into()),
 //!     http_address: "127.0.0.1:0".parse()?,

@@ -11,7 +11,6 @@
 use std::{
     collections::BTreeSet,
     future::Future,
-    net::SocketAddr,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -23,7 +22,8 @@ use anyhow::Context as _;
 use axum::{extract::State, routing::get, Json, Router};
 use nsq::{ConnectionConfig, Consumer, ConsumerConfig, Message};
 use suite_common::{
-    http::{self, BaseState, HttpServer, Readiness},
+    http::{self, HttpServer, Readiness},
+    service::Base,
     shutdown::CancellationToken,
 };
 
@@ -79,6 +79,8 @@ impl std::fmt::Debug for Application {
     }
 }
 
+suite_common::impl_service!(Application, Config);
+
 /// State of `GET /workers`.
 #[derive(Debug, Clone)]
 struct WorkersState {
@@ -97,12 +99,11 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.check()?;
         let settings = Arc::new(config);
-        tracing::info!(
-            version = env!("CARGO_PKG_VERSION"),
-            config = %suite_common::config::to_one_line(&*settings)?,
-            "starting logger"
-        );
-        let metrics = http::install_metrics(SERVICE, &settings.logger_id)?;
+        let Base {
+            readiness,
+            router,
+            http,
+        } = Base::start(SERVICE, &settings.logger_id, &*settings, "starting").await?;
         m::describe();
         m::register(&settings.topic, &settings.channel);
 
@@ -131,30 +132,23 @@ impl Application {
             started,
         );
 
-        let readiness = Readiness::not_ready("starting");
-        let router = http::base_router(BaseState::new(
-            SERVICE,
-            &settings.logger_id,
-            readiness.clone(),
-            metrics,
-        ))
-        .merge(
-            Router::new()
-                .route("/workers", get(workers_route))
-                .with_state(WorkersState {
-                    workers: Arc::clone(&workers),
-                    started,
-                }),
-        )
-        .merge(
-            Router::new()
-                .route("/gaps", get(gaps_route))
-                .with_state(GapsState {
-                    gaps: Arc::clone(&gaps),
-                    enabled: settings.detect_gaps,
-                }),
-        );
-        let http = HttpServer::bind(&settings.http_address.to_string()).await?;
+        let router = router
+            .merge(
+                Router::new()
+                    .route("/workers", get(workers_route))
+                    .with_state(WorkersState {
+                        workers: Arc::clone(&workers),
+                        started,
+                    }),
+            )
+            .merge(
+                Router::new()
+                    .route("/gaps", get(gaps_route))
+                    .with_state(GapsState {
+                        gaps: Arc::clone(&gaps),
+                        enabled: settings.detect_gaps,
+                    }),
+            );
         tracing::info!(
             http_address = %http.local_addr(),
             logger_id = %settings.logger_id,
@@ -174,11 +168,6 @@ impl Application {
             http,
             router,
         })
-    }
-
-    /// The address the HTTP port is bound to (the real port when configured with port 0).
-    pub fn http_addr(&self) -> SocketAddr {
-        self.http.local_addr()
     }
 
     /// The readiness reported by `/ready`.

@@ -10,7 +10,8 @@ use bytes::Bytes;
 use logger::{line::LogLine, Application, Config};
 use messages::{WorkResult, SCHEMA_VERSION};
 use nsq::testkit::Nsqd;
-use test_support::{cli, init_logs, run_bin, wait_until};
+use suite_common::service::Service as _;
+use test_support::{cli, init_logs, run_bin, spawn_service, wait_until};
 
 const LOGGER_ID: &str = "test-logger";
 const BIN: &str = env!("CARGO_BIN_EXE_logger");
@@ -65,22 +66,6 @@ async fn wait_drained(nsqd: &Nsqd, topic: &str, channel: &str) {
     .await;
 }
 
-async fn spawn_logger(
-    config: Config,
-) -> (
-    String,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<anyhow::Result<()>>,
-) {
-    let app = Application::build(config).await.unwrap();
-    let base = format!("http://{}", app.http_addr());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(app.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
-    (base, stop, run)
-}
-
 #[tokio::test]
 async fn writes_each_result_once() {
     init_logs();
@@ -103,7 +88,7 @@ async fn writes_each_result_once() {
         .await
         .unwrap();
 
-    let (base, stop, run) = spawn_logger(config(&nsqd, &out)).await;
+    let (base, stop, run) = spawn_service::<Application>(config(&nsqd, &out)).await;
     wait_until("N lines", Duration::from_secs(10), || async {
         lines(&out).len() as u64 >= N
     })
@@ -218,7 +203,7 @@ async fn rebuilds_its_state_from_the_output_after_a_crash() {
     let bodies = (1..=4).map(|seq| body(seq, "w")).collect();
     producer.multi_publish("results", bodies).await.unwrap();
 
-    let (_base, stop, run) = spawn_logger(config(&nsqd, &out)).await;
+    let (_base, stop, run) = spawn_service::<Application>(config(&nsqd, &out)).await;
     wait_until("4 lines", Duration::from_secs(10), || async {
         lines(&out).len() >= 4
     })
@@ -384,7 +369,7 @@ async fn asks_for_gaps_and_records_what_cannot_be_replayed() {
         .await
         .unwrap();
 
-    let (base, stop, run) = spawn_logger(gap_config()).await;
+    let (base, stop, run) = spawn_service::<Application>(gap_config()).await;
 
     // One request for 11..=25 (the 8 seqs written in between are not worth two requests).
     let (requests, mut asked) = nsq::Consumer::new(
@@ -544,7 +529,7 @@ async fn a_gap_nobody_answers_is_reported_lost_after_the_last_request() {
     let bodies = [1, 2, 5].into_iter().map(|seq| body(seq, "w")).collect();
     producer.multi_publish("results", bodies).await.unwrap();
 
-    let (_base, stop, run) = spawn_logger(Config {
+    let (_base, stop, run) = spawn_service::<Application>(Config {
         gap_grace: "100ms".parse().unwrap(),
         replay_backoff: "100ms".parse().unwrap(),
         replay_max_attempts: 3,

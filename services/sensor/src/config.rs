@@ -7,12 +7,10 @@
 
 use std::time::Duration;
 
-use clap::Parser;
 use serde::Serialize;
 use suite_common::{
     addr::{HostPort, ListenAddr, LookupdAddr},
-    cli::output_buffer_timeout,
-    cli::{CommonArgs, CommonCommand, LogArgs, ServiceCli},
+    cli::{FlushArgs, LogArgs, ServiceConfig},
     security::NsqSecurityArgs,
     setting::{at_least_one, message_id, HumanDuration, Invalid, Parse, Topic},
 };
@@ -33,25 +31,8 @@ TOML file given with --config (the flag's name with '_' for '-', e.g. status_int
 Precedence: flags, then environment, then file, then defaults. --print-config shows the result.
 Durations are written like 500ms, 1s, 2m.";
 
-/// The sensor's command line.
-#[derive(Debug, Parser)]
-#[command(
-    name = "sensor",
-    version,
-    about = "Publishes SensorReadings to NSQ (topic sensor_data), keeps a replayable history",
-    after_help = AFTER_HELP
-)]
-pub struct Cli {
-    /// Flags every service has.
-    #[command(flatten)]
-    pub common: CommonArgs,
-    /// The sensor's settings.
-    #[command(flatten)]
-    pub config: Config,
-    /// `healthcheck`, or nothing to run the sensor.
-    #[command(subcommand)]
-    pub command: Option<CommonCommand>,
-}
+/// The sensor's command line: its [`Config`] and what every service has.
+pub type Cli = suite_common::cli::Cli<Config>;
 
 /// The sensor's settings, as parsed and as printed by `--print-config`.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args, Serialize)]
@@ -134,17 +115,10 @@ pub struct Config {
     #[arg(long, value_name = "TOPIC", default_value = messages::REPLAY_UNAVAILABLE_TOPIC)]
     pub replay_unavailable_topic: Topic,
 
-    /// Longest nsqd may hold a replay request for this sensor in its output buffer: nsqd
-    /// grants it only at or above its --min-output-buffer-timeout (25ms unless changed; the
-    /// suite's configurations set 1ms); otherwise the sensor falls back to nsqd's
-    /// --output-buffer-timeout (250ms) with one WARN. 0 asks for nothing (nsqd's default)
-    #[arg(
-        long,
-        value_name = "DURATION",
-        default_value_t = HumanDuration::from_millis(1),
-        value_parser = Parse(output_buffer_timeout)
-    )]
-    pub output_buffer_timeout: HumanDuration,
+    /// How long nsqd may hold the replay requests it sends this sensor.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub flush: FlushArgs,
 
     /// With --count: after the last reading is confirmed, keep answering replay requests
     /// and announcing the status this long before exiting (SIGTERM ends it sooner)
@@ -199,38 +173,30 @@ impl Config {
     }
 }
 
-impl ServiceCli for Cli {
+impl ServiceConfig for Config {
+    const NAME: &'static str = "sensor";
     const ENV_PREFIX: &'static str = ENV_PREFIX;
+    const ABOUT: &'static str =
+        "Publishes SensorReadings to NSQ (topic sensor_data), keeps a replayable history";
+    const AFTER_HELP: &'static str = AFTER_HELP;
 
-    fn common(&self) -> &CommonArgs {
-        &self.common
+    fn http_address(&self) -> &ListenAddr {
+        &self.http_address
+    }
+
+    fn log(&self) -> &LogArgs {
+        &self.log
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
-    use suite_common::config::LoadError;
+    use suite_common::cli::ServiceCli as _;
 
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
-
     fn load(args: &[&str], e: &[(&str, &str)]) -> Result<Config, String> {
-        let mut all = vec!["sensor"];
-        all.extend_from_slice(args);
-        Cli::try_parse_with_env(all, &env(e))
-            .map(|cli| cli.config)
-            .map_err(|e| match e {
-                LoadError::Usage(e) => e.render().to_string(),
-                LoadError::Config(e) => e.to_string(),
-            })
+        Cli::config_from(args, e)
     }
 
     #[test]

@@ -48,6 +48,7 @@
 //!
 //! ```no_run
 //! # async fn example() -> anyhow::Result<()> {
+//! use suite_common::service::Service as _; // http_addr
 //! let config = sensor::Config {
 //!     nsqd_tcp_address: "127.0.0.1:4150".parse()?,
 //!     count: Some(100),

@@ -9,7 +9,6 @@
 
 use std::{
     future::Future,
-    net::SocketAddr,
     sync::{atomic::AtomicU64, Arc, Mutex},
 };
 
@@ -17,7 +16,8 @@ use anyhow::Context as _;
 use nsq::{ConnectionConfig, ConnectionState, Producer, ProducerConfig};
 use suite_common::{
     config::ConfigError,
-    http::{self, BaseState, HttpServer, Readiness},
+    http::{self, HttpServer, Readiness},
+    service::Base,
     shutdown::CancellationToken,
 };
 use tokio::sync::watch;
@@ -26,7 +26,7 @@ use crate::{
     config::Config,
     engine::{Engine, Report},
     history::History,
-    http::{router, ReadingsState},
+    http::{router as readings_router, ReadingsState},
     metrics as m,
     replay::Responder,
 };
@@ -62,6 +62,8 @@ impl std::fmt::Debug for Application {
     }
 }
 
+suite_common::impl_service!(Application, Config);
+
 impl Application {
     /// Starts connecting to nsqd and binds the HTTP port.
     ///
@@ -70,12 +72,17 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.nsq.resolve()?;
         let settings = Arc::new(config);
-        tracing::info!(
-            version = env!("CARGO_PKG_VERSION"),
-            config = %suite_common::config::to_one_line(&*settings)?,
-            "starting sensor"
-        );
-        let metrics = http::install_metrics(SERVICE, &settings.sensor_id)?;
+        let Base {
+            readiness,
+            router,
+            http,
+        } = Base::start(
+            SERVICE,
+            &settings.sensor_id,
+            &*settings,
+            format!("connecting to nsqd {}", settings.nsqd_tcp_address),
+        )
+        .await?;
         m::describe();
         m::register(&settings.topic, &settings.status_topic);
 
@@ -93,15 +100,11 @@ impl Application {
             settings.history,
             settings.history_bytes,
         )));
-        let readiness =
-            Readiness::not_ready(format!("connecting to nsqd {}", settings.nsqd_tcp_address));
-        let base = BaseState::new(SERVICE, &settings.sensor_id, readiness.clone(), metrics);
-        let router = http::base_router(base).merge(router(ReadingsState {
+        let router = router.merge(readings_router(ReadingsState {
             sensor_id: Arc::from(settings.sensor_id.as_str()),
             epoch,
             history: Arc::clone(&history),
         }));
-        let http = HttpServer::bind(&settings.http_address.to_string()).await?;
         tracing::info!(
             http_address = %http.local_addr(),
             sensor_id = %settings.sensor_id,
@@ -117,11 +120,6 @@ impl Application {
             http,
             router,
         })
-    }
-
-    /// The address the HTTP port is bound to (the real port when configured with port 0).
-    pub fn http_addr(&self) -> SocketAddr {
-        self.http.local_addr()
     }
 
     /// This run's epoch.

@@ -9,6 +9,7 @@ use std::{collections::BTreeSet, time::Duration};
 use messages::{SensorReading, SensorStatus};
 use nsq::testkit::{free_port, Nsqd};
 use sensor::{Application, Config, StopReason};
+use suite_common::service::Service as _;
 use test_support::{cli, consume, init_logs, run_bin, wait_until};
 
 const SENSOR_ID: &str = "test-sensor";

@@ -8,11 +8,10 @@
 
 use std::time::Duration;
 
-use clap::Parser;
 use serde::Serialize;
 use suite_common::{
     addr::{HostPort, ListenAddr},
-    cli::{CommonArgs, CommonCommand, ConsumerArgs, LogArgs, ServiceCli},
+    cli::{ConsumerArgs, LogArgs, ServiceConfig},
     config::ConfigError,
     security::NsqSecurityArgs,
     setting::{message_id, Channel, HumanDuration, Invalid, Parse, Topic},
@@ -35,25 +34,8 @@ Stale readings (--max-age): with --stale-policy flag (the default) a reading old
 --max-age is processed and its result carries stale = true; with --stale-policy drop it is
 finished without a result, counted and logged. Dropped readings leave a gap downstream.";
 
-/// The worker's command line.
-#[derive(Debug, Parser)]
-#[command(
-    name = "worker",
-    version,
-    about = "Consumes SensorReadings from NSQ, publishes WorkResults (the squares of the values)",
-    after_help = AFTER_HELP
-)]
-pub struct Cli {
-    /// Flags every service has.
-    #[command(flatten)]
-    pub common: CommonArgs,
-    /// The worker's settings.
-    #[command(flatten)]
-    pub config: Config,
-    /// `healthcheck`, or nothing to run the worker.
-    #[command(subcommand)]
-    pub command: Option<CommonCommand>,
-}
+/// The worker's command line: its [`Config`] and what every service has.
+pub type Cli = suite_common::cli::Cli<Config>;
 
 /// What happens to a reading older than `--max-age`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
@@ -213,38 +195,30 @@ impl Config {
     }
 }
 
-impl ServiceCli for Cli {
+impl ServiceConfig for Config {
+    const NAME: &'static str = "worker";
     const ENV_PREFIX: &'static str = ENV_PREFIX;
+    const ABOUT: &'static str =
+        "Consumes SensorReadings from NSQ, publishes WorkResults (the squares of the values)";
+    const AFTER_HELP: &'static str = AFTER_HELP;
 
-    fn common(&self) -> &CommonArgs {
-        &self.common
+    fn http_address(&self) -> &ListenAddr {
+        &self.http_address
+    }
+
+    fn log(&self) -> &LogArgs {
+        &self.log
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
-    use suite_common::config::LoadError;
+    use suite_common::cli::ServiceCli as _;
 
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
-
     fn load(args: &[&str], e: &[(&str, &str)]) -> Result<Config, String> {
-        let mut all = vec!["worker"];
-        all.extend_from_slice(args);
-        let config = Cli::try_parse_with_env(all, &env(e))
-            .map_err(|e| match e {
-                LoadError::Usage(e) => e.render().to_string(),
-                LoadError::Config(e) => e.to_string(),
-            })?
-            .config;
+        let config = Cli::config_from(args, e)?;
         config.check().map_err(|e| e.to_string())?;
         Ok(config)
     }

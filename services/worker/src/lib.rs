@@ -41,6 +41,7 @@
 //!
 //! ```no_run
 //! # async fn example() -> anyhow::Result<()> {
+//! use suite_common::service::Service as _; // http_addr
 //! let mut config = worker::Config {
 //!     http_address: "127.0.0.1:0".parse()?,
 //!     ..worker::Config::default()

@@ -8,13 +8,14 @@
 //! resolves it closes the consumer (CLS) while still handling what arrives, waits until every
 //! message is finished or requeued, then closes the producer.
 
-use std::{collections::BTreeSet, future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::BTreeSet, future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use nsq::{ConnectionConfig, Consumer, ConsumerConfig, Producer, ProducerConfig};
 use suite_common::{
     config::ConfigError,
-    http::{self, BaseState, HttpServer, Readiness},
+    http::{self, HttpServer, Readiness},
+    service::Base,
     shutdown::CancellationToken,
 };
 use tokio::task::JoinSet;
@@ -54,6 +55,8 @@ impl std::fmt::Debug for Application {
     }
 }
 
+suite_common::impl_service!(Application, Config);
+
 impl Application {
     /// Validates `config`, starts the producer and binds the HTTP port.
     ///
@@ -62,12 +65,11 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.check()?;
         let settings = Arc::new(config);
-        tracing::info!(
-            version = env!("CARGO_PKG_VERSION"),
-            config = %suite_common::config::to_one_line(&*settings)?,
-            "starting worker"
-        );
-        let metrics = http::install_metrics(SERVICE, &settings.worker_id)?;
+        let Base {
+            readiness,
+            router,
+            http,
+        } = Base::start(SERVICE, &settings.worker_id, &*settings, "starting").await?;
         m::describe();
         m::register(
             &settings.topic,
@@ -82,14 +84,6 @@ impl Application {
             },
         )
         .context("starting the nsqd producer")?;
-        let readiness = Readiness::not_ready("starting");
-        let router = http::base_router(BaseState::new(
-            SERVICE,
-            &settings.worker_id,
-            readiness.clone(),
-            metrics,
-        ));
-        let http = HttpServer::bind(&settings.http_address.to_string()).await?;
         tracing::info!(
             http_address = %http.local_addr(),
             worker_id = %settings.worker_id,
@@ -104,11 +98,6 @@ impl Application {
             http,
             router,
         })
-    }
-
-    /// The address the HTTP port is bound to (the real port when configured with port 0).
-    pub fn http_addr(&self) -> SocketAddr {
-        self.http.local_addr()
     }
 
     /// The worker id stamped into the results.

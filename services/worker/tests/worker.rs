@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, time::Duration};
 use bytes::Bytes;
 use messages::{DeadLetter, SensorReading, WorkResult, SCHEMA_VERSION};
 use nsq::testkit::Nsqd;
-use test_support::{cli, consume, init_logs, run_bin, wait_until};
+use test_support::{cli, consume, init_logs, run_bin, spawn_service, wait_until};
 use worker::{Application, Config};
 
 const WORKER_ID: &str = "test-worker";
@@ -44,23 +44,6 @@ fn now_nanos() -> u64 {
         .as_nanos() as u64
 }
 
-/// Starts the worker; returns its HTTP base URL, a stop sender and the run's handle.
-async fn spawn_worker(
-    config: Config,
-) -> (
-    String,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<anyhow::Result<()>>,
-) {
-    let app = Application::build(config).await.unwrap();
-    let base = format!("http://{}", app.http_addr());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(app.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
-    (base, stop, run)
-}
-
 #[tokio::test]
 async fn readings_become_results_and_garbage_is_dead_lettered() {
     init_logs();
@@ -92,7 +75,7 @@ async fn readings_become_results_and_garbage_is_dead_lettered() {
         .await
         .unwrap();
 
-    let (base, stop, run) = spawn_worker({
+    let (base, stop, run) = spawn_service::<Application>({
         let mut config = Config {
             max_age: Some("10m".parse().unwrap()),
             ..config(&nsqd)
@@ -225,7 +208,7 @@ async fn over_max_attempts_is_dead_lettered_with_the_reason() {
         closing.await.unwrap();
     }
 
-    let (_base, stop, run) = spawn_worker(Config {
+    let (_base, stop, run) = spawn_service::<Application>(Config {
         max_attempts: 1,
         ..config(&nsqd)
     })
@@ -264,7 +247,7 @@ async fn stops_cleanly_while_busy() {
     producer.multi_publish("sensor_data", bodies).await.unwrap();
 
     // 20 ms of work each, 20 at a time: about 200 ms of work in total.
-    let (_base, stop, run) = spawn_worker({
+    let (_base, stop, run) = spawn_service::<Application>({
         let mut config = Config {
             work_ms: 20,
             ..config(&nsqd)
