@@ -21,6 +21,8 @@
 //! * [`http`]: binds the HTTP port, serves `/health`, `/ready` (from a
 //!   [`Readiness`](http::Readiness) handle) and `/metrics` (Prometheus) plus the service's
 //!   own routes.
+//! * [`nsq_metrics`]: the names and help of the metrics every NSQ consumer and connection
+//!   of the suite has.
 //! * [`shutdown`]: a [`CancellationToken`](shutdown::CancellationToken) cancelled on SIGTERM
 //!   or SIGINT, and the single-threaded [`runtime`](shutdown::runtime) the services run on.
 //! * [`healthcheck`]: the blocking probe behind `<service> healthcheck`, for images without
@@ -49,6 +51,7 @@ pub mod exit;
 pub mod healthcheck;
 pub mod http;
 pub mod log_limit;
+pub mod nsq_metrics;
 pub mod security;
 pub mod service;
 pub mod setting;

@@ -3,6 +3,8 @@
 //! Every series also carries the labels `service="sensor"` and `id="<sensor id>"`, added by
 //! the recorder that `suite_common::http::install_metrics` installs.
 
+pub use suite_common::nsq_metrics::CONNECTIONS;
+
 /// Counter: readings taken (generated), whether or not published yet.
 pub const READINGS_TAKEN: &str = "nsq_suite_readings_taken_total";
 /// Counter, label `topic`: messages nsqd confirmed (readings and status announcements).
@@ -20,9 +22,6 @@ pub const PUBLISH_IN_FLIGHT: &str = "nsq_suite_publish_in_flight";
 pub const HISTORY_READINGS: &str = "nsq_suite_history_readings";
 /// Gauge: seq of the newest reading taken in the current epoch.
 pub const LAST_SEQ: &str = "nsq_suite_last_seq";
-/// Gauge, labels `role` (`producer`), `nsqd` (its TCP address): 1 while the connection is
-/// open, else 0.
-pub const CONNECTIONS: &str = "nsq_suite_nsq_connections";
 /// Counter: `GET /readings` requests answered with readings.
 pub const READINGS_SERVED: &str = "nsq_suite_readings_served_total";
 
@@ -49,10 +48,7 @@ pub fn describe() {
     );
     describe_gauge!(HISTORY_READINGS, "Readings held in the replay history");
     describe_gauge!(LAST_SEQ, "Seq of the newest reading taken in this epoch");
-    describe_gauge!(
-        CONNECTIONS,
-        "1 while the connection to an nsqd is open, by role and nsqd"
-    );
+    suite_common::nsq_metrics::describe_connections();
     describe_counter!(READINGS_SERVED, "Readings returned by GET /readings");
 }
 

@@ -1,19 +1,16 @@
 //! Names of the worker's Prometheus metrics.
 //!
 //! Every series also carries the labels `service="worker"` and `id="<worker id>"`, added by
-//! the recorder that `suite_common::http::install_metrics` installs.
+//! the recorder that `suite_common::http::install_metrics` installs. The consumer's metrics
+//! and the connection gauge are named in `suite_common::nsq_metrics`.
 
-/// Counter, labels `topic`, `channel`: messages delivered to the worker.
-pub const CONSUMED: &str = "nsq_suite_messages_consumed_total";
-/// Counter, labels `topic`, `channel`: messages finished (FIN), whatever the reason.
-pub const FINISHED: &str = "nsq_suite_messages_finished_total";
-/// Counter, labels `topic`, `channel`: messages requeued (REQ).
-pub const REQUEUED: &str = "nsq_suite_messages_requeued_total";
+pub use suite_common::nsq_metrics::{
+    CONNECTIONS, CONSUMED, DECODE_ERRORS, FINISHED, IN_FLIGHT, REQUEUED,
+};
+
 /// Counter, labels `topic`, `channel`, `reason` (`decode`, `max_attempts`,
 /// `publish_rejected`): messages published to the dead-letter topic, then finished.
 pub const DEAD_LETTERED: &str = "nsq_suite_messages_dead_lettered_total";
-/// Counter, labels `topic`, `channel`: bodies that are not a `SensorReading`.
-pub const DECODE_ERRORS: &str = "nsq_suite_decode_errors_total";
 /// Counter, labels `topic`, `channel`, `policy` (`drop`, `flag`): readings older than
 /// `--max-age`.
 pub const STALE: &str = "nsq_suite_stale_readings_total";
@@ -21,36 +18,20 @@ pub const STALE: &str = "nsq_suite_stale_readings_total";
 pub const PUBLISHED: &str = "nsq_suite_messages_published_total";
 /// Counter, labels `topic`, `kind` (`transient`, `permanent`): failed publishes.
 pub const PUBLISH_FAILURES: &str = "nsq_suite_publish_failures_total";
-/// Gauge, labels `role` (`consumer`, `producer`), `nsqd` (its TCP address): 1 while the
-/// connection to that nsqd is open, else 0.
-pub const CONNECTIONS: &str = "nsq_suite_nsq_connections";
-/// Gauge, labels `topic`, `channel`: messages delivered and not yet finished or requeued.
-pub const IN_FLIGHT: &str = "nsq_suite_messages_in_flight";
 /// Histogram (seconds), labels `topic`, `channel`: time from delivery to FIN or REQ.
 pub const HANDLER_SECONDS: &str = "nsq_suite_handler_seconds";
 
 /// Registers the help text of every metric (shown by `/metrics`).
 pub fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!(CONSUMED, "Messages delivered, by topic and channel");
-    describe_counter!(FINISHED, "Messages finished (FIN), by topic and channel");
-    describe_counter!(REQUEUED, "Messages requeued (REQ), by topic and channel");
+    use metrics::{describe_counter, describe_histogram, Unit};
+    suite_common::nsq_metrics::describe_consumer("SensorReading");
     describe_counter!(
         DEAD_LETTERED,
         "Messages published to the dead-letter topic then finished, by reason"
     );
-    describe_counter!(DECODE_ERRORS, "Message bodies that are not a SensorReading");
     describe_counter!(STALE, "Readings older than --max-age, by policy");
     describe_counter!(PUBLISHED, "Messages confirmed by nsqd, by topic");
     describe_counter!(PUBLISH_FAILURES, "Failed publishes, by topic and kind");
-    describe_gauge!(
-        CONNECTIONS,
-        "1 while the connection to an nsqd is open, by role and nsqd"
-    );
-    describe_gauge!(
-        IN_FLIGHT,
-        "Messages delivered and not yet finished or requeued"
-    );
     describe_histogram!(
         HANDLER_SECONDS,
         Unit::Seconds,
@@ -61,10 +42,8 @@ pub fn describe() {
 /// Creates the counters of every outcome at zero, so that they are scraped (and `rate()`
 /// works) before the first message of each kind.
 pub fn register(topic: &str, channel: &str, destination_topic: &str) {
-    let labels = [("topic", topic.to_owned()), ("channel", channel.to_owned())];
-    for name in [CONSUMED, FINISHED, REQUEUED, DECODE_ERRORS] {
-        metrics::counter!(name, &labels).increment(0);
-    }
+    suite_common::nsq_metrics::register_consumer(topic, channel);
+    let labels = suite_common::nsq_metrics::consumer_labels(topic, channel);
     for reason in ["decode", "max_attempts", "publish_rejected"] {
         let mut labels = labels.to_vec();
         labels.push(("reason", reason.to_owned()));
@@ -91,7 +70,7 @@ pub struct Hot {
 impl Hot {
     /// The handles for `topic` and `channel`, results going to `destination_topic`.
     pub fn new(topic: &str, channel: &str, destination_topic: &str) -> Self {
-        let labels = [("topic", topic.to_owned()), ("channel", channel.to_owned())];
+        let labels = suite_common::nsq_metrics::consumer_labels(topic, channel);
         Hot {
             consumed: metrics::counter!(CONSUMED, &labels),
             finished: metrics::counter!(FINISHED, &labels),
