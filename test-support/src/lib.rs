@@ -105,6 +105,29 @@ pub fn run_bin(bin: impl AsRef<OsStr>, args: &[&str], env: &[(&str, &str)]) -> O
 
 /// The command-line checks each service's binary gets.
 pub mod cli {
+    /// Runs `bin --config <a file holding file_toml> args... --print-config` with `env`,
+    /// checks that it succeeds, and returns the settings it printed.
+    pub fn print_config(
+        bin: &str,
+        file_toml: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> toml::Table {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("settings.toml");
+        std::fs::write(&file, file_toml).unwrap();
+        let mut all = vec!["--config", file.to_str().unwrap()];
+        all.extend_from_slice(args);
+        all.push("--print-config");
+        let out = super::run_bin(bin, &all, env);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().parse().unwrap()
+    }
+
     use super::run_bin;
 
     /// `--help` exits 0 and its text contains every one of `needles`.

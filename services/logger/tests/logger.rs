@@ -11,7 +11,7 @@ use logger::{line::LogLine, Application, Config};
 use messages::{WorkResult, SCHEMA_VERSION};
 use nsq::testkit::Nsqd;
 use suite_common::service::Service as _;
-use test_support::{cli, init_logs, run_bin, spawn_service, wait_until};
+use test_support::{cli, init_logs, spawn_service, wait_until};
 
 const LOGGER_ID: &str = "test-logger";
 const BIN: &str = env!("CARGO_BIN_EXE_logger");
@@ -240,35 +240,17 @@ async fn a_foreign_output_file_is_refused() {
 
 #[test]
 fn print_config_shows_flags_over_env_over_file_over_defaults() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("logger.toml");
-    std::fs::write(
-        &file,
+    let printed = cli::print_config(
+        BIN,
         "max_in_flight = 10\nchannel = \"from_file\"\nfsync = true\n\
          output = \"/file/out.jsonl\"\nlookupd_http_address = [\"file:4161\"]\n",
-    )
-    .unwrap();
-    let out = run_bin(
-        BIN,
-        &[
-            "--config",
-            file.to_str().unwrap(),
-            "--output",
-            "/flag/out.jsonl",
-            "--print-config",
-        ],
+        &["--output", "/flag/out.jsonl"],
         &[
             ("LOGGER_CHANNEL", "from_env"),
             ("LOGGER_FSYNC", "false"),
             ("LOGGER_LOOKUPD_HTTP_ADDRESS", "e1:4161,e2:4161"),
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed: toml::Table = String::from_utf8(out.stdout).unwrap().parse().unwrap();
     assert_eq!(printed["output"].as_str(), Some("/flag/out.jsonl"), "flag");
     assert_eq!(
         printed["channel"].as_str(),

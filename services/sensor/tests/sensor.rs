@@ -10,7 +10,7 @@ use messages::{SensorReading, SensorStatus};
 use nsq::testkit::{free_port, Nsqd};
 use sensor::{Application, Config, StopReason};
 use suite_common::service::Service as _;
-use test_support::{cli, consume, init_logs, run_bin, wait_until};
+use test_support::{cli, consume, init_logs, wait_until};
 
 const SENSOR_ID: &str = "test-sensor";
 const BIN: &str = env!("CARGO_BIN_EXE_sensor");
@@ -231,30 +231,12 @@ async fn outbox_delivers_what_was_taken_while_nsqd_was_away() {
 
 #[test]
 fn print_config_shows_flags_over_env_over_file_over_defaults() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("sensor.toml");
-    std::fs::write(
-        &file,
-        "rate = 1\ntopic = \"from_file\"\nvalues = 7\ncount = 9\n",
-    )
-    .unwrap();
-    let out = run_bin(
+    let printed = cli::print_config(
         BIN,
-        &[
-            "--config",
-            file.to_str().unwrap(),
-            "--rate",
-            "5",
-            "--print-config",
-        ],
+        "rate = 1\ntopic = \"from_file\"\nvalues = 7\ncount = 9\n",
+        &["--rate", "5"],
         &[("SENSOR_TOPIC", "from_env"), ("SENSOR_RATE", "2")],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed: toml::Table = String::from_utf8(out.stdout).unwrap().parse().unwrap();
     assert_eq!(printed["rate"].as_integer(), Some(5), "flag");
     assert_eq!(printed["topic"].as_str(), Some("from_env"), "env over file");
     assert_eq!(printed["values"].as_integer(), Some(7), "file over default");

@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, time::Duration};
 use bytes::Bytes;
 use messages::{DeadLetter, SensorReading, WorkResult, SCHEMA_VERSION};
 use nsq::testkit::Nsqd;
-use test_support::{cli, consume, init_logs, run_bin, spawn_service, wait_until};
+use test_support::{cli, consume, init_logs, spawn_service, wait_until};
 use worker::{Application, Config};
 
 const WORKER_ID: &str = "test-worker";
@@ -286,26 +286,17 @@ async fn stops_cleanly_while_busy() {
 
 #[test]
 fn print_config_shows_flags_over_env_over_file_over_defaults() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("worker.toml");
-    std::fs::write(
-        &file,
+    let printed = cli::print_config(
+        BIN,
         "max_in_flight = 10\nchannel = \"from_file\"\nwork_ms = 3\n\
          nsqd_tcp_address = [\"file:4150\"]\nmax_age = \"30s\"\n",
-    )
-    .unwrap();
-    let out = run_bin(
-        BIN,
         &[
-            "--config",
-            file.to_str().unwrap(),
             "--max-in-flight",
             "30",
             "--lookupd-http-address",
             "l1:4161",
             "--lookupd-http-address",
             "l2:4161",
-            "--print-config",
         ],
         &[
             ("WORKER_MAX_IN_FLIGHT", "20"),
@@ -313,12 +304,6 @@ fn print_config_shows_flags_over_env_over_file_over_defaults() {
             ("WORKER_NSQD_TCP_ADDRESS", "e1:4150,e2:4150"),
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed: toml::Table = String::from_utf8(out.stdout).unwrap().parse().unwrap();
     assert_eq!(printed["max_in_flight"].as_integer(), Some(30), "flag");
     assert_eq!(
         printed["channel"].as_str(),
