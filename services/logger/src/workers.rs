@@ -108,21 +108,37 @@ impl WorkerWindow {
     }
 
     /// The figures at second `now`; workers idle for a whole window are forgotten.
+    ///
+    /// Second `now` is still filling, so the figures are over the window's complete seconds,
+    /// `now - window` to `now - 1` (fewer when the first result came later): counting the
+    /// partial second as a whole one under-estimated the rate by up to one second's worth
+    /// (a steady 10/s read as 8/s in a 5 s window). Before one second is complete, the
+    /// figures are those of the current second.
     pub fn snapshot(&mut self, now: u64) -> Snapshot {
         let window = self.window_secs;
         for (buckets, _) in self.workers.values_mut() {
             Self::expire(buckets, now, window);
         }
         self.workers.retain(|_, (buckets, _)| !buckets.is_empty());
-        // Seconds covered: the window, or less when the logger has not run that long.
-        let span = self
+        let complete = self
             .first
-            .map_or(window, |first| (now.saturating_sub(first) + 1).min(window))
-            .max(1);
+            .map_or(0, |first| now.saturating_sub(first).min(window));
+        let (from, until, span) = if complete == 0 {
+            (now, now + 1, 1)
+        } else {
+            (now - complete, now, complete)
+        };
         let counts: Vec<(&String, u64, u64)> = self
             .workers
             .iter()
-            .map(|(id, (buckets, total))| (id, buckets.iter().map(|(_, c)| c).sum(), *total))
+            .map(|(id, (buckets, total))| {
+                let in_window = buckets
+                    .iter()
+                    .filter(|(second, _)| (from..until).contains(second))
+                    .map(|(_, c)| c)
+                    .sum();
+                (id, in_window, *total)
+            })
             .collect();
         let count: u64 = counts.iter().map(|(_, c, _)| c).sum();
         let workers = counts
@@ -147,11 +163,12 @@ impl WorkerWindow {
         }
     }
 
-    /// Drops the buckets that left the window at second `now`.
+    /// Drops the buckets that left the window at second `now` (the window's complete seconds
+    /// and the current one are kept).
     fn expire(buckets: &mut VecDeque<(u64, u64)>, now: u64, window_secs: u64) {
         while buckets
             .front()
-            .is_some_and(|(second, _)| second + window_secs <= now)
+            .is_some_and(|(second, _)| second + window_secs < now)
         {
             buckets.pop_front();
         }
@@ -220,7 +237,7 @@ mod tests {
             w.record("b", 60, second);
             w.record("c", 30, second);
         }
-        let s = w.snapshot(109);
+        let s = w.snapshot(110);
         assert_eq!(s.count, 1200);
         assert!((s.rate - 120.0).abs() < 1e-9);
         assert_eq!(s.workers.len(), 3);
@@ -234,7 +251,7 @@ mod tests {
         let mut w = WorkerWindow::default();
         w.record("a", 10, 0);
         w.record("b", 10, 5);
-        let s = w.snapshot(10);
+        let s = w.snapshot(11);
         assert_eq!(s.count, 10, "a's bucket from second 0 left the window");
         assert_eq!(s.workers.len(), 1);
         let s = w.snapshot(100);
@@ -244,7 +261,7 @@ mod tests {
         // Totals survive while the worker is active.
         w.record("c", 5, 200);
         w.record("c", 5, 201);
-        assert_eq!(w.snapshot(201).workers[0].total, 10);
+        assert_eq!(w.snapshot(202).workers[0].total, 10);
     }
 
     #[test]
@@ -257,7 +274,7 @@ mod tests {
         w.record("new", 10, 102);
         w.record("new", 10, 103);
         w.record("new", 10, 104);
-        let s = w.snapshot(104);
+        let s = w.snapshot(105);
         assert_eq!(s.window_seconds, 3);
         assert_eq!(s.workers.len(), 1, "{s:?}");
         assert_eq!(s.workers[0].worker_id, "new");
@@ -269,8 +286,30 @@ mod tests {
         let mut w = WorkerWindow::default();
         w.record("a", 50, 7);
         w.record("a", 50, 8);
-        let s = w.snapshot(8);
+        let s = w.snapshot(9);
         assert!((s.rate - 50.0).abs() < 1e-9, "{}", s.rate);
         assert_eq!(s.summary(), "1 worker, 100%, 50 results/s");
+    }
+
+    /// A steady rate reads as that rate whenever the summary is taken, including at the start
+    /// of a second whose bucket is still filling (it read 8/s for 10/s in a 5 s window).
+    #[test]
+    fn a_steady_rate_reads_right_at_any_phase() {
+        let mut w = WorkerWindow::new(std::time::Duration::from_secs(5));
+        for second in 0..30 {
+            // 10 results a second, split over two workers.
+            w.record("a", 5, second);
+            // The summary comes early in the second: one result of it is in so far.
+            if second >= 10 {
+                let s = w.snapshot(second);
+                assert!((s.rate - 10.0).abs() < 1e-9, "at {second}: {}", s.rate);
+                assert_eq!(s.count, 50);
+                assert_eq!(s.summary(), "2 workers, 50% / 50%, 10 results/s");
+            }
+            w.record("b", 5, second);
+        }
+        // /workers at any time between two summaries reads the same.
+        let s = w.snapshot(30);
+        assert!((s.rate - 10.0).abs() < 1e-9, "{}", s.rate);
     }
 }
