@@ -65,6 +65,7 @@
 
 #![warn(missing_docs)]
 
+pub mod channels;
 pub mod config;
 pub mod gaps;
 pub mod jsonl;

@@ -28,6 +28,7 @@ use suite_common::{
 };
 
 use crate::{
+    channels::{self, ChannelWatch, Channels},
     config::Config,
     gaps::{Gaps, GapsReport},
     lost::LossList,
@@ -246,6 +247,16 @@ impl Application {
             Arc::clone(&writable),
             Arc::clone(&s),
         ));
+        // The topic's channels (depth, clients), for the summary line and the gauges.
+        let channels = Arc::new(Mutex::new(Channels::new()));
+        let channel_watch = ChannelWatch::new(s.consumer.lookupd_urls(), &s.topic).map(|watch| {
+            channels::describe();
+            tokio::spawn(channels::run(
+                watch,
+                s.summary_interval.get(),
+                Arc::clone(&channels),
+            ))
+        });
         let mut summary = tokio::time::interval_at(
             tokio::time::Instant::now() + s.summary_interval.get(),
             s.summary_interval.get(),
@@ -269,7 +280,7 @@ impl Application {
                     let consumer = consumer.clone();
                     closing = Some(tokio::spawn(async move { consumer.close().await }));
                 }
-                _ = summary.tick() => log_summary(&workers, started),
+                _ = summary.tick() => log_summary(&workers, started, &s.topic, &channels),
                 event = next_replay_event(&mut replay) => {
                     if let Some(replay) = replay.as_mut() {
                         replay.handle(event, sink.seen());
@@ -288,6 +299,9 @@ impl Application {
             }
         }
         sampler.abort();
+        if let Some(watch) = channel_watch {
+            watch.abort();
+        }
         if let Some(replay) = replay {
             replay.close().await;
         }
@@ -303,7 +317,7 @@ impl Application {
             let _ = closing.await;
         }
         readiness.set_not_ready("stopped");
-        log_summary(&workers, started);
+        log_summary(&workers, started, &s.topic, &channels);
         stop_http.cancel();
         match http_task.await {
             Ok(Ok(())) => {}
@@ -383,20 +397,32 @@ async fn gaps_route(State(state): State<GapsState>) -> axum::response::Response 
     Json(report).into_response()
 }
 
-/// Logs the per-worker summary, when there was work in the window.
-fn log_summary(workers: &Mutex<WorkerWindow>, started: Instant) {
-    let snapshot = workers
-        .lock()
-        .map(|mut w| w.snapshot(started.elapsed().as_secs()));
-    if let Ok(snapshot) = snapshot {
-        if snapshot.count > 0 {
-            tracing::info!(
-                window_seconds = snapshot.window_seconds,
-                "{}",
-                snapshot.summary()
-            );
-        }
-    }
+/// Logs the per-worker summary, when there was work in the window, with the depth of the
+/// topic's channels; or the channels alone when one holds messages.
+fn log_summary(
+    workers: &Mutex<WorkerWindow>,
+    started: Instant,
+    topic: &str,
+    channels: &Mutex<Channels>,
+) {
+    let snapshot = match workers.lock() {
+        Ok(mut w) => w.snapshot(started.elapsed().as_secs()),
+        Err(poisoned) => poisoned.into_inner().snapshot(started.elapsed().as_secs()),
+    };
+    let (channel_part, backlog) = match channels.lock() {
+        Ok(c) => (
+            channels::summary(topic, &c),
+            c.values().any(|c| c.depth > 0),
+        ),
+        Err(_) => (String::new(), false),
+    };
+    let line = match (snapshot.count > 0, channel_part.is_empty()) {
+        (true, true) => snapshot.summary(),
+        (true, false) => format!("{}; {channel_part}", snapshot.summary()),
+        (false, false) if backlog => channel_part,
+        _ => return,
+    };
+    tracing::info!(window_seconds = snapshot.window_seconds, "{line}");
 }
 
 /// Opens the output named in the settings, or stdout; returns it with the keys it holds.
