@@ -28,6 +28,7 @@
 
 mod plot;
 mod procs;
+mod sustained;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -47,7 +48,8 @@ use serde::Serialize;
     about = "Benchmarks the suite against NSQ's own Go tools"
 )]
 struct Cli {
-    /// Modes to run, comma-separated: pipeline, reference, raw, latency, memory
+    /// Modes to run, comma-separated: pipeline, reference, raw, latency, memory, and
+    /// sustained (not in the default set: it takes several minutes)
     #[arg(
         long,
         value_delimiter = ',',
@@ -93,6 +95,13 @@ struct Cli {
     /// --history), 40 makes it bounded by --history-bytes
     #[arg(long, value_delimiter = ',', default_value = "3,40")]
     memory_values: Vec<u32>,
+    /// Seconds each rate is held in the sustained mode
+    #[arg(long, default_value_t = 30)]
+    sustained_seconds: u64,
+    /// First rate the sustained mode tries (default: 60 % of the pipeline mode's burst
+    /// figure at the same W, else 20,000)
+    #[arg(long)]
+    sustained_start: Option<u64>,
     /// Where results.json and the plots go
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,
@@ -108,6 +117,7 @@ struct Results {
     raw: Option<RawRun>,
     latency: Vec<LatencyRun>,
     memory: Vec<MemoryRun>,
+    sustained: Vec<sustained::SustainedRun>,
     /// Every nsqd's flags beyond addresses and data path (shipped settings and `--nsqd-arg`).
     nsqd_args: Vec<String>,
 }
@@ -169,8 +179,19 @@ async fn main() -> anyhow::Result<()> {
         cli.latency_seconds = 20;
     }
     for m in &cli.modes {
-        if !["pipeline", "reference", "raw", "latency", "memory"].contains(&m.as_str()) {
-            anyhow::bail!("unknown mode {m:?}: use pipeline, reference, raw, latency, memory");
+        if ![
+            "pipeline",
+            "reference",
+            "raw",
+            "latency",
+            "memory",
+            "sustained",
+        ]
+        .contains(&m.as_str())
+        {
+            anyhow::bail!(
+                "unknown mode {m:?}: use pipeline, reference, raw, latency, memory, sustained"
+            );
         }
     }
     let _ = NSQD_ARGS.set(cli.nsqd_arg.clone());
@@ -203,6 +224,11 @@ async fn main() -> anyhow::Result<()> {
         }
         + if has("memory") {
             cli.memory_values.len()
+        } else {
+            0
+        }
+        + if has("sustained") {
+            2 * cli.workers.len()
         } else {
             0
         };
@@ -271,6 +297,53 @@ async fn main() -> anyhow::Result<()> {
     }
     if has("memory") {
         results.memory = memory(cli.memory_rate, &cli.memory_values, logs.path(), &bar).await?;
+    }
+    if has("sustained") {
+        for &w in &cli.workers {
+            let burst = results
+                .pipeline
+                .iter()
+                .find(|p| p.workers == w)
+                .map(|p| (p.msgs_per_sec * 0.6) as u64);
+            let start = cli.sustained_start.or(burst).unwrap_or(20_000);
+            for system in ["suite", "relay"] {
+                bar.set_message(format!(
+                    "sustained: {system}, W={w}, {} s per rate from {start}/s",
+                    cli.sustained_seconds
+                ));
+                let run = sustained::search(
+                    system,
+                    w,
+                    cli.sustained_seconds,
+                    values,
+                    start,
+                    logs.path(),
+                    start_nsqd().await,
+                )
+                .await?;
+                say(
+                    &bar,
+                    format!(
+                        "sustained {system} W={w}: {} msg/s (p99 {:.1} ms); probes: {}",
+                        run.msgs_per_sec,
+                        run.p99_ms,
+                        run.probes
+                            .iter()
+                            .map(|p| format!(
+                                "{}/s {} (p99 {:.1} ms, backlog {:+})",
+                                p.rate,
+                                if p.kept_up { "ok" } else { "no" },
+                                p.p99_ms,
+                                p.backlog_growth
+                            ))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+                results.sustained.push(run);
+                bar.inc(1);
+            }
+        }
     }
     bar.finish_with_message("done");
 
@@ -844,6 +917,42 @@ fn print_table(r: &Results) {
         println!("memory, steady state with the sensor's history full (services' defaults):");
         for run in &r.memory {
             println!("  {}", memory_line(run));
+        }
+    }
+    if !r.sustained.is_empty() {
+        println!("{:-<72}", "");
+        println!(
+            "sustained: highest rate kept up with p99 < {} ms and no backlog growth",
+            sustained::P99_LIMIT.as_millis()
+        );
+        println!(
+            "{:<10} {:>14} {:>10} {:>14} {:>10} {:>8}",
+            "W", "suite msg/s", "p99 ms", "relay msg/s", "p99 ms", "ratio"
+        );
+        let workers: std::collections::BTreeSet<usize> =
+            r.sustained.iter().map(|s| s.workers).collect();
+        for w in workers {
+            let find = |sys: &str| {
+                r.sustained
+                    .iter()
+                    .find(|s| s.workers == w && s.system == sys)
+            };
+            let (suite, relay) = (find("suite"), find("relay"));
+            let ratio = match (suite, relay) {
+                (Some(s), Some(g)) if g.msgs_per_sec > 0 => {
+                    format!("{:.2}x", s.msgs_per_sec as f64 / g.msgs_per_sec as f64)
+                }
+                _ => String::new(),
+            };
+            println!(
+                "{:<10} {:>14} {:>10.1} {:>14} {:>10.1} {:>8}",
+                w,
+                suite.map_or(0, |s| s.msgs_per_sec),
+                suite.map_or(f64::NAN, |s| s.p99_ms),
+                relay.map_or(0, |s| s.msgs_per_sec),
+                relay.map_or(f64::NAN, |s| s.p99_ms),
+                ratio
+            );
         }
     }
 }
