@@ -1,4 +1,5 @@
-# syntax=docker/dockerfile:1
+# (No `# syntax=` line: it makes BuildKit fetch a frontend image, which fails offline; the
+# built-in frontend reads this file.)
 #
 # Images of the nsq-suite services, one target per service:
 #
