@@ -11,9 +11,10 @@
 //! | the dead-letter publish itself failed | REQ, as above | [`Outcome::Requeued`] |
 //!
 //! Every outcome is counted, and every one but a plain success is logged (a success at
-//! `debug`). Each message is handled inside a `message` span with its NSQ `id` and `attempt`,
-//! and, once the body is decoded, the reading's `sensor_id`, `epoch` and `seq`: every log
-//! line about a message says which reading and which delivery it is about.
+//! `debug`). Every warning and error about a message names its NSQ `id` (the delivery) and,
+//! once the body is decoded, the reading's `epoch` and `seq`. At `debug`, each message is also
+//! handled inside a `message` span with its `id`, `attempt` and the reading's `sensor_id`,
+//! `epoch` and `seq` (a span per message at INFO cost more than the work itself).
 
 use std::{
     sync::{
@@ -126,11 +127,13 @@ impl Handler {
         let s = &*self.settings;
         self.hot.consumed.increment(1);
 
-        // Decoded before the span is made, so that the span is created once with every field
-        // (recording fields later makes the log formatter format them again).
+        // Decoded before the span is made, so that the span is created once with every field.
+        // The span is at DEBUG: at INFO, creating it (the log formatter formats its fields at
+        // once) cost more than the computation; the warnings and errors about a message carry
+        // its id (and the reading's epoch and seq once decoded) themselves.
         let decoded = SensorReading::decode(msg.body());
         let span = match &decoded {
-            Ok(r) => tracing::info_span!(
+            Ok(r) => tracing::debug_span!(
                 "message",
                 id = msg.id(),
                 attempt = msg.attempts(),
@@ -138,7 +141,7 @@ impl Handler {
                 epoch = r.epoch,
                 seq = r.seq,
             ),
-            Err(_) => tracing::info_span!("message", id = msg.id(), attempt = msg.attempts()),
+            Err(_) => tracing::debug_span!("message", id = msg.id(), attempt = msg.attempts()),
         };
         let outcome = self.process(msg, decoded).instrument(span).await;
 
@@ -219,6 +222,7 @@ impl Handler {
             tokio::time::sleep(s.work()).await;
         }
 
+        let (sensor_epoch, seq) = (reading.epoch, reading.seq);
         let verdict = process::compute(
             reading,
             &s.worker_id,
@@ -235,6 +239,8 @@ impl Handler {
                 .increment(1);
                 tracing::warn!(
                     id = msg.id(),
+                    epoch = sensor_epoch,
+                    seq,
                     age = ?age,
                     max_age = ?s.max_age(),
                     "stale reading dropped (--stale-policy drop): finished without a result"
@@ -256,7 +262,7 @@ impl Handler {
         let body = match result.encode() {
             Ok(body) => body,
             Err(e) => {
-                tracing::error!(id = msg.id(), error = %e, "cannot encode the result");
+                tracing::error!(id = msg.id(), epoch = sensor_epoch, seq, error = %e, "cannot encode the result");
                 return self
                     .dead_letter(msg, DeadLetterReason::PublishRejected, e.to_string())
                     .await;
@@ -273,7 +279,8 @@ impl Handler {
                 self.publish_failed(&s.destination_topic, "transient");
                 let delay = process::requeue_delay(msg.attempts());
                 tracing::warn!(
-                    id = msg.id(), attempts = msg.attempts(), error = %e, retry_in = ?delay,
+                    id = msg.id(), attempts = msg.attempts(), epoch = sensor_epoch, seq,
+                    error = %e, retry_in = ?delay,
                     "result not published: message requeued"
                 );
                 msg.requeue(delay);
@@ -281,7 +288,7 @@ impl Handler {
             }
             Err(e) => {
                 self.publish_failed(&s.destination_topic, "permanent");
-                tracing::error!(id = msg.id(), error = %e, "nsqd rejected the result");
+                tracing::error!(id = msg.id(), epoch = sensor_epoch, seq, error = %e, "nsqd rejected the result");
                 self.dead_letter(msg, DeadLetterReason::PublishRejected, e.to_string())
                     .await
             }
