@@ -184,12 +184,22 @@ pub trait Message: Serialize + DeserializeOwned {
     /// The schema version carried by this message.
     fn schema(&self) -> u8;
 
+    /// About how many bytes the encoded message takes (no less, if possible): the buffer
+    /// [`Message::encode`] starts with.
+    fn encoded_len_hint(&self) -> usize {
+        128
+    }
+
     /// Encodes the message as a MessagePack map with named fields.
     fn encode(&self) -> Result<Vec<u8>, CodecError> {
-        rmp_serde::to_vec_named(self).map_err(|source| CodecError::Encode {
+        // Sized up front, so that the buffer is not grown several times on the way: growing
+        // it was a tenth of the worker's CPU in a profile.
+        let mut buf = Vec::with_capacity(self.encoded_len_hint());
+        rmp_serde::encode::write_named(&mut buf, self).map_err(|source| CodecError::Encode {
             message: Self::NAME,
             source,
-        })
+        })?;
+        Ok(buf)
     }
 
     /// Decodes a message, ignoring unknown fields and rejecting a missing or zero schema.
@@ -224,11 +234,19 @@ pub trait Message: Serialize + DeserializeOwned {
 /// Implements [`Message`] and the inherent `encode`/`decode` pair for a message type.
 macro_rules! message {
     ($ty:ident) => {
+        message!($ty, |_m| 128);
+    };
+    ($ty:ident, |$m:ident| $hint:expr) => {
         impl Message for $ty {
             const NAME: &'static str = stringify!($ty);
 
             fn schema(&self) -> u8 {
                 self.schema
+            }
+
+            fn encoded_len_hint(&self) -> usize {
+                let $m = self;
+                $hint
             }
         }
 
@@ -386,8 +404,15 @@ pub struct DeadLetter {
     pub at: u64,
 }
 
-message!(SensorReading);
-message!(WorkResult);
+// Field names and fixed fields take under 100 bytes; a u32 value takes at most 5 bytes, a
+// u64 square at most 9.
+message!(SensorReading, |m| 100
+    + m.sensor_id.len()
+    + 5 * m.values.len());
+message!(WorkResult, |m| 160
+    + m.sensor_id.len()
+    + m.worker_id.len()
+    + 14 * m.values.len().max(m.squares.len()));
 message!(ReplayRequest);
 message!(ReplayUnavailable);
 message!(SensorStatus);

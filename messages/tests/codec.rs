@@ -616,3 +616,41 @@ fn deep_nesting_is_an_error_not_a_stack_overflow() {
         assert!((case.decode_eq)(&bytes).is_err());
     }
 }
+
+/// `encode` sizes its buffer up front for the two messages of the hot path: the hint is never
+/// below the encoded length (no growth on the way) and not far above it (the sensor keeps
+/// encoded readings in its outbox).
+#[test]
+fn the_encode_buffer_is_sized_up_front() {
+    use messages::Message as _;
+    for n in [0usize, 1, 3, 44, 200] {
+        let reading = SensorReading {
+            schema: SCHEMA_VERSION,
+            sensor_id: "sensor-with-a-long-name".into(),
+            epoch: u64::MAX,
+            seq: u64::MAX,
+            taken_at: u64::MAX,
+            values: vec![u32::MAX; n],
+        };
+        let bytes = reading.encode().unwrap();
+        let hint = reading.encoded_len_hint();
+        assert!(hint >= bytes.len(), "reading, {n} values: {hint} < {}", bytes.len());
+        assert!(hint <= bytes.len() + 128, "reading, {n} values: {hint}");
+        let result = WorkResult {
+            schema: SCHEMA_VERSION,
+            squares: vec![u64::MAX; n],
+            sensor_id: reading.sensor_id.clone(),
+            epoch: u64::MAX,
+            seq: u64::MAX,
+            taken_at: u64::MAX,
+            values: reading.values.clone(),
+            worker_id: "worker-with-a-long-name-12345".into(),
+            computed_at: u64::MAX,
+            stale: true,
+        };
+        let bytes = result.encode().unwrap();
+        let hint = result.encoded_len_hint();
+        assert!(hint >= bytes.len(), "result, {n} values: {hint} < {}", bytes.len());
+        assert!(hint <= bytes.len() + 256, "result, {n} values: {hint}");
+    }
+}
