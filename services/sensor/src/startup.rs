@@ -23,6 +23,7 @@ use suite_common::{
 use tokio::sync::watch;
 
 use crate::{
+    complete::CompleteWatch,
     config::Config,
     engine::{Engine, Report},
     history::History,
@@ -168,6 +169,12 @@ impl Application {
             connection_config(&self.settings)?,
         )?;
         let responder_task = tokio::spawn(responder.run(finishing.clone()));
+        let (watch, completed) = CompleteWatch::start(
+            &self.settings,
+            self.epoch,
+            connection_config(&self.settings)?,
+        )?;
+        let watch_task = tokio::spawn(watch.run(finishing.clone()));
         let engine = Engine::new(
             Arc::clone(&self.settings),
             self.epoch,
@@ -176,10 +183,13 @@ impl Application {
             Arc::new(AtomicU64::new(0)),
             finishing.clone(),
         );
-        let result = engine.run(shutdown).await;
+        let result = engine.run(shutdown, completed).await;
         finishing.cancel();
         if let Err(e) = responder_task.await {
             tracing::warn!(error = %e, "the replay responder failed");
+        }
+        if let Err(e) = watch_task.await {
+            tracing::warn!(error = %e, "the complete watcher failed");
         }
 
         readiness_task.abort();
