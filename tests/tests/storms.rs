@@ -318,7 +318,10 @@ async fn a_late_logger_asks_for_nothing_and_with_backfill_for_exactly_what_it_mi
     assert_eq!(counter(&late, "nsq_suite_replay_requests_total").await, 0);
     assert!(late_first > 1, "the late logger joined after seq 1");
     let late_seqs = seqs(&late_out);
-    assert!(late_seqs.values().all(|n| *n == 1), "late: a seq written twice");
+    assert!(
+        late_seqs.values().all(|n| *n == 1),
+        "late: a seq written twice"
+    );
 
     // With --backfill: it asked; each request begins and ends with a seq that was really
     // missing when asked for (its line was written after the request; in between, a request
@@ -329,7 +332,12 @@ async fn a_late_logger_asks_for_nothing_and_with_backfill_for_exactly_what_it_mi
     let lines = read_jsonl(&backfill_out);
     let written_at: BTreeMap<u64, u64> = lines
         .iter()
-        .map(|l| (l["seq"].as_u64().unwrap(), l["written_at"].as_u64().unwrap()))
+        .map(|l| {
+            (
+                l["seq"].as_u64().unwrap(),
+                l["written_at"].as_u64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(lines.len() as u64, COUNT, "backfill: each seq once");
     for r in by("backfill") {

@@ -88,9 +88,7 @@ impl CompleteWatch {
                 lookupd_poll_interval: settings.lookupd_poll_interval.get(),
                 max_in_flight: MAX_IN_FLIGHT,
                 max_attempts: 0,
-                output_buffer_timeout: suite_common::cli::requested(
-                    &settings.output_buffer_timeout,
-                ),
+                output_buffer_timeout: settings.flush.output_buffer_timeout(),
                 ..ConsumerConfig::default()
             },
         )
