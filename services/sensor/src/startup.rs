@@ -169,12 +169,18 @@ impl Application {
             connection_config(&self.settings)?,
         )?;
         let responder_task = tokio::spawn(responder.run(finishing.clone()));
-        let (watch, completed) = CompleteWatch::start(
-            &self.settings,
-            self.epoch,
-            connection_config(&self.settings)?,
-        )?;
-        let watch_task = tokio::spawn(watch.run(finishing.clone()));
+        // Only a sensor that stays after its last reading waits for a complete announcement.
+        let (watch_task, completed) =
+            if self.settings.count.is_some() && !self.settings.linger.get().is_zero() {
+                let (watch, completed) = CompleteWatch::start(
+                    &self.settings,
+                    self.epoch,
+                    connection_config(&self.settings)?,
+                )?;
+                (Some(tokio::spawn(watch.run(finishing.clone()))), completed)
+            } else {
+                (None, tokio::sync::watch::channel(None).1)
+            };
         let engine = Engine::new(
             Arc::clone(&self.settings),
             self.epoch,
@@ -188,8 +194,10 @@ impl Application {
         if let Err(e) = responder_task.await {
             tracing::warn!(error = %e, "the replay responder failed");
         }
-        if let Err(e) = watch_task.await {
-            tracing::warn!(error = %e, "the complete watcher failed");
+        if let Some(task) = watch_task {
+            if let Err(e) = task.await {
+                tracing::warn!(error = %e, "the complete watcher failed");
+            }
         }
 
         readiness_task.abort();
