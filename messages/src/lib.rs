@@ -13,6 +13,7 @@
 //! | [`ReplayRequest`]     | [`REPLAY_TOPIC`]             | logger       | sensor           |
 //! | [`ReplayUnavailable`] | [`REPLAY_UNAVAILABLE_TOPIC`] | sensor       | logger           |
 //! | [`SensorStatus`]      | [`STATUS_TOPIC`]             | sensor       | logger           |
+//! | [`EpochComplete`]     | [`COMPLETE_TOPIC`]           | logger       | sensor           |
 //! | [`DeadLetter`]        | topic + [`DEAD_LETTER_SUFFIX`] | any consumer | operators        |
 //!
 //! This crate holds types and their codec only: no logic, no I/O, no clock. It is the one
@@ -81,6 +82,10 @@ pub const REPLAY_UNAVAILABLE_TOPIC: &str = "sensor_replay_unavailable";
 /// Topic of [`SensorStatus`] announcements, published by the sensors periodically and at
 /// shutdown so that the logger can detect readings missing at the tail of an epoch.
 pub const STATUS_TOPIC: &str = "sensor_status";
+
+/// Topic of [`EpochComplete`] announcements, published by a logger once nothing of a sensor
+/// epoch can still be asked for, so that a sensor that is done may exit.
+pub const COMPLETE_TOPIC: &str = "sensor_complete";
 
 /// Suffix appended to a topic name to form its dead-letter topic, e.g. `sensor_data.dead`.
 ///
@@ -379,6 +384,30 @@ pub struct SensorStatus {
     pub oldest_seq: u64,
 }
 
+/// A logger's announcement that a sensor epoch is complete, on [`COMPLETE_TOPIC`]: the sensor
+/// announced its final seq, and every seq `from_seq..=to_seq` is in the logger's output or
+/// recorded as lost, so the logger will ask for none of them again.
+///
+/// A sensor that stays after its last reading only to answer replay requests may exit on it.
+/// It is a hint, not a command: a forged one can at worst make a sensor exit early.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochComplete {
+    /// Layout version of this message.
+    pub schema: u8,
+    /// The sensor whose epoch is complete.
+    pub sensor_id: String,
+    /// The complete epoch.
+    pub epoch: u64,
+    /// First seq the logger answers for (1: the whole epoch).
+    pub from_seq: u64,
+    /// The epoch's final seq, as the sensor announced it.
+    pub to_seq: u64,
+    /// Which logger instance announces it.
+    pub logger_id: String,
+    /// When the announcement was made, in nanoseconds since the Unix epoch.
+    pub at: u64,
+}
+
 /// Whether an optional number is absent (serde's `skip_serializing_if`).
 fn is_zero(n: &u64) -> bool {
     *n == 0
@@ -413,6 +442,7 @@ message!(WorkResult, |m| 160
     + m.sensor_id.len()
     + m.worker_id.len()
     + 14 * m.values.len().max(m.squares.len()));
+message!(EpochComplete);
 message!(ReplayRequest);
 message!(ReplayUnavailable);
 message!(SensorStatus);

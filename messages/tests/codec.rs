@@ -11,8 +11,8 @@
 use std::{collections::BTreeMap, path::PathBuf};
 
 use messages::{
-    CodecError, DeadLetter, Message, ReplayRequest, ReplayUnavailable, SensorReading, SensorStatus,
-    WorkResult, SCHEMA_VERSION,
+    CodecError, DeadLetter, EpochComplete, Message, ReplayRequest, ReplayUnavailable,
+    SensorReading, SensorStatus, WorkResult, SCHEMA_VERSION,
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::de::IgnoredAny;
@@ -82,6 +82,18 @@ fn sensor_status() -> SensorStatus {
     }
 }
 
+fn epoch_complete() -> EpochComplete {
+    EpochComplete {
+        schema: SCHEMA_VERSION,
+        sensor_id: "sensor-1".to_owned(),
+        epoch: 1_700_000_000,
+        from_seq: 1,
+        to_seq: 42,
+        logger_id: "logger-1".to_owned(),
+        at: 1_700_000_007_000_000_000,
+    }
+}
+
 fn dead_letter() -> DeadLetter {
     DeadLetter {
         schema: SCHEMA_VERSION,
@@ -122,6 +134,12 @@ const DEAD_LETTER_HEX: &str = concat!(
     "61a76368616e6e656ca6776f726b6572a8617474656d70747305a56572726f72d9236e6f74206120",
     "53656e736f7252656164696e673a20696e76616c6964206d61726b6572a26174cf17979cffd76586",
     "00",
+);
+
+const EPOCH_COMPLETE_HEX: &str = concat!(
+    "87a6736368656d6101a973656e736f725f6964a873656e736f722d31a565706f6368ce6553f100a8",
+    "66726f6d5f73657101a6746f5f7365712aa96c6f676765725f6964a86c6f676765722d31a26174cf",
+    "17979cffd7658600",
 );
 
 /// One golden case, type-erased so that every test below runs over all message types.
@@ -207,6 +225,21 @@ fn cases() -> Vec<Case> {
             SensorStatus,
             sensor_status,
             &["schema", "sensor_id", "epoch", "last_seq", "at", "final"]
+        ),
+        case!(
+            "epoch_complete",
+            EPOCH_COMPLETE_HEX,
+            EpochComplete,
+            epoch_complete,
+            &[
+                "schema",
+                "sensor_id",
+                "epoch",
+                "from_seq",
+                "to_seq",
+                "logger_id",
+                "at"
+            ]
         ),
         case!(
             "dead_letter",

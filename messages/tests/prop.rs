@@ -14,8 +14,8 @@ use std::{
 };
 
 use messages::{
-    CodecError, DeadLetter, ReplayRequest, ReplayUnavailable, SensorReading, SensorStatus,
-    WorkResult,
+    CodecError, DeadLetter, EpochComplete, ReplayRequest, ReplayUnavailable, SensorReading,
+    SensorStatus, WorkResult,
 };
 use proptest::prelude::*;
 
@@ -98,7 +98,7 @@ fn decode_bound(len: usize) -> usize {
     16 * len + 8 * 1024
 }
 
-/// Decodes `bytes` as every message type; returns the largest peak of the six.
+/// Decodes `bytes` as every message type; returns the largest peak of the seven.
 fn decode_all(bytes: &[u8]) -> usize {
     let mut worst = 0;
     let mut measure = |f: &dyn Fn(&[u8]) -> bool| {
@@ -112,6 +112,7 @@ fn decode_all(bytes: &[u8]) -> usize {
     measure(&|b| ReplayUnavailable::decode(b).is_ok());
     measure(&|b| SensorStatus::decode(b).is_ok());
     measure(&|b| DeadLetter::decode(b).is_ok());
+    measure(&|b| EpochComplete::decode(b).is_ok());
     worst
 }
 

@@ -226,7 +226,8 @@ pub struct ConsumerConfig {
     pub nsqd_tcp_addresses: Vec<String>,
     /// nsqlookupd HTTP addresses (`host:port` or `http://host:port`) to discover nsqd nodes.
     pub lookupd_http_addresses: Vec<String>,
-    /// How often to ask the lookupds (with ±10 % jitter).
+    /// How often to ask the lookupds (with ±10 % jitter). While no lookupd lists an nsqd
+    /// for the topic, the consumer asks sooner: after 100 ms, doubling back up to this.
     pub lookupd_poll_interval: Duration,
     /// Most messages in flight over all connections together.
     pub max_in_flight: u32,

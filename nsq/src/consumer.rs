@@ -1072,6 +1072,7 @@ async fn lookup_loop(
             return;
         }
     };
+    let mut schedule = PollSchedule::new(interval);
     loop {
         let mut set = tokio::task::JoinSet::new();
         for url in &urls {
@@ -1095,6 +1096,7 @@ async fn lookup_loop(
                 Err(reason) => events.emit(Event::LookupFailed { url, reason }),
             }
         }
+        let carried = any_ok && !found.is_empty();
         if any_ok {
             events.emit(Event::Looked {
                 nodes: found.iter().cloned().collect(),
@@ -1103,8 +1105,50 @@ async fn lookup_loop(
                 return;
             }
         }
+        // An answer listing no nsqd (or none at all) means the topic may appear any moment:
+        // poll fast, backing off to the interval.
+        let delay = schedule.next(carried);
         let jitter = rand::Rng::random_range(&mut rand::rng(), 0.9..1.1);
-        tokio::time::sleep(interval.mul_f64(jitter)).await;
+        tokio::time::sleep(delay.mul_f64(jitter)).await;
+    }
+}
+
+/// First pause of the fast lookupd polling, while no nsqd carries the topic.
+const FAST_POLL_INITIAL: Duration = Duration::from_millis(100);
+
+/// When to ask nsqlookupd again. While no nsqd is known for the topic (nobody has published
+/// it yet, or every node carrying it went away), the topic may appear any moment and a
+/// consumer polling only every `interval` would find it up to one interval late, at every
+/// hop of a pipeline started before its producers. So the pause starts at
+/// [`FAST_POLL_INITIAL`] and doubles back up to `interval`; once a node is known, it is
+/// `interval`. A topic that never appears costs a handful of extra polls, then the usual
+/// rate.
+#[derive(Debug, Clone)]
+struct PollSchedule {
+    /// `--lookupd-poll-interval`.
+    interval: Duration,
+    /// Polls in a row that found no nsqd.
+    empty: u32,
+}
+
+impl PollSchedule {
+    fn new(interval: Duration) -> Self {
+        Self { interval, empty: 0 }
+    }
+
+    /// The pause before the next poll, after one that found some nsqd (`found`) or none.
+    fn next(&mut self, found: bool) -> Duration {
+        if found {
+            self.empty = 0;
+            return self.interval;
+        }
+        let delay = crate::backoff::exponential(
+            FAST_POLL_INITIAL.min(self.interval),
+            self.interval,
+            self.empty,
+        );
+        self.empty = self.empty.saturating_add(1);
+        delay
     }
 }
 
@@ -1145,6 +1189,50 @@ fn join_host_port(host: &str, port: u16) -> String {
         format!("[{host}]:{port}")
     } else {
         format!("{host}:{port}")
+    }
+}
+
+#[cfg(test)]
+mod poll_tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn polls_fast_while_no_nsqd_carries_the_topic_then_backs_off_to_the_interval() {
+        let mut s = PollSchedule::new(Duration::from_secs(5));
+        let pauses: Vec<Duration> = (0..9).map(|_| s.next(false)).collect();
+        assert_eq!(
+            pauses,
+            [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000].map(ms)
+        );
+        // Found: the interval; lost again: fast from the start.
+        assert_eq!(s.next(true), ms(5000));
+        assert_eq!(s.next(true), ms(5000));
+        assert_eq!(s.next(false), ms(100));
+        assert_eq!(s.next(false), ms(200));
+    }
+
+    #[test]
+    fn an_interval_shorter_than_the_fast_start_is_kept() {
+        let mut s = PollSchedule::new(ms(50));
+        assert_eq!(
+            (s.next(false), s.next(false), s.next(true)),
+            (ms(50), ms(50), ms(50))
+        );
+        let mut s = PollSchedule::new(ms(300));
+        let pauses: Vec<Duration> = (0..4).map(|_| s.next(false)).collect();
+        assert_eq!(pauses, [100, 200, 300, 300].map(ms));
+    }
+
+    #[test]
+    fn never_overflows() {
+        let mut s = PollSchedule::new(Duration::from_secs(3600));
+        for _ in 0..1000 {
+            assert!(s.next(false) <= Duration::from_secs(3600));
+        }
     }
 }
 

@@ -20,6 +20,7 @@ def test_there_are_vectors_for_every_message_type():
         "replay_unavailable",
         "sensor_status",
         "dead_letter",
+        "epoch_complete",
     }
 
 

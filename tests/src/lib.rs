@@ -232,6 +232,17 @@ impl Service {
         self.wait_exit(timeout).await
     }
 
+    /// SIGSTOP: the process stops running, its connections open and unanswered, until
+    /// [`Service::resume`].
+    pub fn pause(&self) {
+        let _ = kill(Pid::from_raw(self.pid() as i32), Signal::SIGSTOP);
+    }
+
+    /// SIGCONT after [`Service::pause`].
+    pub fn resume(&self) {
+        let _ = kill(Pid::from_raw(self.pid() as i32), Signal::SIGCONT);
+    }
+
     /// SIGKILL, then reap.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -32,6 +32,8 @@ async fn interop_python_decodes_results() {
             flag("count", 200),
             flag("rate", 0),
             flag("values", 4),
+            // No logger here to announce the epoch complete: nothing to stay for.
+            flag("linger", "0s"),
         ],
     );
     assert!(sensor.wait_exit(Duration::from_secs(30)).await.success());

@@ -45,7 +45,13 @@ arrived is asked for on --replay-topic, again with a doubling pause from --repla
 most --replay-max-attempts times. A range the sensor no longer holds, or that is never
 answered, is reported lost: a WARN log, nsq_suite_readings_lost_total, and a line in the loss
 list (--lost-output, by default <output stem>.lost.jsonl beside --output). GET /gaps shows
-the missing and lost ranges.";
+the missing and lost ranges.
+
+Nothing is asked for before the results consumer consumes, nor, for an epoch that began
+before that, below the first results this logger received (they went by before its channel
+existed): a logger joining a running suite does not make the sensor replay its history,
+unless --backfill. Once an epoch's final seq came and nothing of it is missing, the logger
+announces it on --complete-topic, so that a sensor with --count may exit.";
 
 /// The logger's command line: its [`Config`] and what every service has.
 pub type Cli = suite_common::cli::Cli<Config>;
@@ -112,6 +118,26 @@ pub struct Config {
     /// How long a seq may be missing before it is asked for again
     #[arg(long, value_name = "DURATION", default_value_t = HumanDuration::from_secs(3))]
     pub gap_grace: HumanDuration,
+
+    /// Also ask for the readings of an epoch that went by before this logger consumed (a
+    /// logger joining a running suite): without it, an epoch is answered for from the first
+    /// results this logger received
+    #[arg(
+        long,
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        default_value_t = false,
+        action = ArgAction::Set,
+        value_parser = BoolishValueParser::new()
+    )]
+    pub backfill: bool,
+
+    /// Topic the EpochComplete announcements are published to, once a sensor epoch's final
+    /// seq came and nothing of it is missing (a sensor with --count waits for one)
+    #[arg(long, value_name = "TOPIC", default_value = messages::COMPLETE_TOPIC)]
+    pub complete_topic: Topic,
 
     /// Topic of the sensors' SensorStatus announcements, consumed on --channel
     #[arg(long, value_name = "TOPIC", default_value = messages::STATUS_TOPIC)]
@@ -265,6 +291,7 @@ impl Config {
             replay_window: self.replay_window,
             max_requests_per_tick: self.replay_requests_per_tick,
             max_epochs: self.max_sensor_epochs,
+            backfill: self.backfill,
             ..GapSettings::default()
         }
     }

@@ -29,6 +29,34 @@
 //! repeats. A sensor's answer that a range is no longer in its history
 //! ([`Gaps::unavailable`], then [`Gaps::mark_lost`]) ends the asking for that range at once.
 //!
+//! # Where an epoch starts for this logger
+//!
+//! A logger cannot receive what went by before it consumed: results published before its
+//! channel existed are not in it (NSQ copies a message to the channels a topic has when it is
+//! published), and before its results consumer has a connection with RDY > 0 nothing arrives
+//! at all, while the sensor's announcements may already come in on another topic. Counting
+//! those readings as missing would ask the sensor to push them through the workers again, at
+//! every start of the suite and whenever a logger joins (a *replay storm*). So:
+//!
+//! * nothing is asked for before the results consumer is consuming ([`Gaps::start_consuming`]);
+//!   the grace of what was known before counts from that moment;
+//! * every epoch has a *floor*, the first seq this logger answers for; below it nothing is
+//!   missing. It is 1 for an epoch already in the output or the loss list at start (this
+//!   logger was consuming it before), for an epoch that began after this logger started
+//!   consuming (its epoch number is the sensor's start time in Unix milliseconds, so the
+//!   logger compares it with its own clock), for an epoch whose seq 1 arrived, and with
+//!   `--backfill`. Otherwise it is fixed a grace period after the epoch's first result arrived:
+//!   above every hole among the seqs that had arrived within half a grace period (the results
+//!   that the workers finished out of order while the channel was being created: some went by
+//!   before it existed, some after), and at least the lowest seq written. Until then nothing of
+//!   the epoch is asked for;
+//! * with `backfill`, the floor is 1 everywhere: a late logger asks for exactly the readings it
+//!   missed, once results flow.
+//!
+//! A real loss below the floor (for example an nsqd crash just as a logger joins an epoch that
+//! began earlier) is not asked for by that logger; it is by a logger that was consuming, and
+//! the replayed readings then reach every channel, this one's too.
+//!
 //! # Bounded whatever arrives
 //!
 //! Announcements, results and answers on the topics are untrusted: anyone who reaches nsqd
@@ -83,6 +111,10 @@ pub struct GapSettings {
     /// least recently active, is forgotten
     /// (`--max-sensor-epochs`).
     pub max_epochs: usize,
+    /// Ask for the readings of an epoch that this logger could not have received, because
+    /// they went by before it consumed (`--backfill`): see [Where an epoch starts for this
+    /// logger](self#where-an-epoch-starts-for-this-logger).
+    pub backfill: bool,
 }
 
 impl Default for GapSettings {
@@ -97,6 +129,7 @@ impl Default for GapSettings {
             max_requests_per_tick: 16,
             replay_window: 1_000_000,
             max_epochs: 4096,
+            backfill: false,
         }
     }
 }
@@ -185,6 +218,10 @@ pub struct TickOutcome {
     pub beyond_window: u64,
     /// One of the `beyond_window` epochs, `(sensor_id, epoch, highest seq known)`.
     pub beyond_window_example: Option<(String, u64, u64)>,
+    /// Epochs that became complete at this tick, each listed once: the sensor announced
+    /// its final seq, this logger answers for the epoch from seq 1, and every seq up to the
+    /// final one is written or lost. `(sensor_id, epoch, final seq)`.
+    pub complete: Vec<(String, u64, u64)>,
     /// Ranges reported lost that are in the output after all (reason
     /// [`LossReason::Recovered`]; already removed from the tracker's losses).
     pub recovered: Vec<Loss>,
@@ -233,12 +270,33 @@ struct EpochState {
     written: u64,
     /// Highest seq written, at the last tick.
     highest_written: u64,
+    /// The first seq this logger answers for (see the module documentation).
+    floor: Floor,
+    /// Whether [`TickOutcome::complete`] already listed this epoch.
+    announced_complete: bool,
+}
+
+/// Where an epoch starts for this logger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Floor {
+    /// Not known yet: nothing of the epoch is asked for.
+    Unknown {
+        /// When its first result was seen written (the floor is fixed a grace period later).
+        first_write: Option<Instant>,
+        /// The highest seq written up to half a grace period after the first result: the
+        /// results that went by while the channel was being created are below it.
+        band_top: u64,
+    },
+    /// Seqs from this one on are asked for when missing.
+    Known(u64),
 }
 
 impl EpochState {
     /// A new epoch's state, active `now`.
-    fn new(now: Instant) -> Self {
+    fn new(now: Instant, floor: Floor) -> Self {
         Self {
+            floor,
+            announced_complete: false,
             announced: 0,
             oldest: 0,
             final_: false,
@@ -273,6 +331,9 @@ pub struct Gaps {
     evicted: (u64, Option<(String, u64)>),
     /// Complete epochs dropped since the last tick.
     completed: u64,
+    /// Since when the results consumer consumes: the instant, and the logger's clock in
+    /// Unix milliseconds (to compare with epochs). `None`: nothing is asked for yet.
+    consuming: Option<(Instant, u64)>,
 }
 
 impl Gaps {
@@ -289,6 +350,42 @@ impl Gaps {
             dropped: EpochSet::default(),
             evicted: (0, None),
             completed: 0,
+            consuming: None,
+        }
+    }
+
+    /// The results consumer consumes from now on (`unix_ms` is now on the logger's clock):
+    /// gaps may be asked for from here, and the grace of what was announced before counts
+    /// from now. Only the first call counts.
+    pub fn start_consuming(&mut self, now: Instant, unix_ms: u64) {
+        if self.consuming.is_some() {
+            return;
+        }
+        self.consuming = Some((now, unix_ms));
+        for state in self.epochs.values_mut() {
+            for (t, _) in &mut state.highs {
+                *t = (*t).max(now);
+            }
+        }
+    }
+
+    /// Whether [`Gaps::start_consuming`] was called.
+    pub fn is_consuming(&self) -> bool {
+        self.consuming.is_some()
+    }
+
+    /// Start-up, before any message: the epochs in the output (`seen`) and those already
+    /// tracked (restored from the loss list) were consumed by this logger before, so they
+    /// are answered for from seq 1.
+    pub fn restored(&mut self, seen: &Seen) {
+        let now = Instant::now();
+        for (sensor_id, epoch, _) in seen.iter() {
+            if let Some(state) = self.state(sensor_id, epoch, now) {
+                state.floor = Floor::Known(1);
+            }
+        }
+        for state in self.epochs.values_mut() {
+            state.floor = Floor::Known(1);
         }
     }
 
@@ -359,6 +456,12 @@ impl Gaps {
         if state.is_none() && written.is_none() {
             return Vec::new();
         }
+        let from = match state.map(|s| s.floor) {
+            Some(Floor::Known(floor)) => from.max(floor),
+            // Not answering for this epoch yet (or not tracking it): nothing of it is lost
+            // to this logger; if the seqs are still missing later, it asks for them itself.
+            _ => return Vec::new(),
+        };
         let lost = state.map(|s| &s.lost);
         let high = written
             .map_or(0, SeqSet::max)
@@ -439,7 +542,11 @@ impl Gaps {
                 unavailable,
                 deferred,
                 beyond_window,
-            } = state.tick(&settings, now, written, &mut budget);
+                complete,
+            } = state.tick(&settings, now, *epoch, self.consuming, written, &mut budget);
+            if let Some(last_seq) = complete {
+                outcome.complete.push((sensor_id.clone(), *epoch, last_seq));
+            }
             outcome.deferred += deferred;
             if let Some(highest) = beyond_window {
                 outcome.beyond_window += 1;
@@ -532,6 +639,10 @@ impl Gaps {
                 highest_written: s.highest_written,
                 announced_last_seq: s.announced,
                 announced_oldest_seq: s.oldest,
+                floor_seq: match s.floor {
+                    Floor::Known(f) => f,
+                    Floor::Unknown { .. } => 0,
+                },
                 final_: s.final_,
                 missing: s.missing,
                 lost: s.lost.len(),
@@ -598,10 +709,18 @@ impl Gaps {
                 self.evicted.1.get_or_insert(victim);
             }
         }
+        let floor = if self.settings.backfill {
+            Floor::Known(1)
+        } else {
+            Floor::Unknown {
+                first_write: None,
+                band_top: 0,
+            }
+        };
         Some(
             self.epochs
                 .entry(key)
-                .or_insert_with(|| EpochState::new(now)),
+                .or_insert_with(|| EpochState::new(now, floor)),
         )
     }
 }
@@ -618,6 +737,8 @@ struct EpochTick {
     deferred: u64,
     /// The highest seq known when it is beyond the window.
     beyond_window: Option<u64>,
+    /// The final seq, when the epoch became complete at this tick (listed once).
+    complete: Option<u64>,
 }
 
 impl EpochState {
@@ -639,10 +760,13 @@ impl EpochState {
 
     /// One tick for this epoch. `budget` is how many requests may still be made in this
     /// tick; what is due beyond it waits for the next tick.
+    #[allow(clippy::too_many_arguments)]
     fn tick(
         &mut self,
         s: &GapSettings,
         now: Instant,
+        epoch: u64,
+        consuming: Option<(Instant, u64)>,
         written: Option<&SeqSet>,
         budget: &mut usize,
     ) -> EpochTick {
@@ -653,12 +777,58 @@ impl EpochState {
         }
         self.written = written.len();
         self.highest_written = written.max();
+        let lowest_written = written.ranges().next().map(|(a, _)| a);
+
+        // Where the epoch starts for this logger (see the module documentation).
+        if let (
+            Floor::Unknown {
+                first_write,
+                band_top,
+            },
+            Some((_, since_ms)),
+        ) = (self.floor, consuming)
+        {
+            self.floor = match (first_write, lowest_written) {
+                // Began after this logger consumed: every reading of it should be here.
+                _ if epoch >= since_ms => Floor::Known(1),
+                (_, None) => self.floor,
+                (None, Some(_)) => Floor::Unknown {
+                    first_write: Some(now),
+                    band_top: written.max(),
+                },
+                (Some(t), Some(lowest)) => {
+                    let waited = now.saturating_duration_since(t);
+                    if waited < s.grace / 2 {
+                        Floor::Unknown {
+                            first_write,
+                            band_top: written.max(),
+                        }
+                    } else if waited < s.grace {
+                        self.floor
+                    } else if lowest == 1 {
+                        // It has the epoch from its start: every hole is a real one.
+                        Floor::Known(1)
+                    } else {
+                        // Holes among the first results are readings whose results went by
+                        // before the channel existed (the workers finish them out of order).
+                        let band_hole = written.missing(band_top).last().map_or(0, |(_, b)| *b);
+                        Floor::Known(lowest.max(band_hole.saturating_add(1)))
+                    }
+                }
+            };
+        }
+        // Below the floor nothing is missing; while it is unknown, the lowest seq written
+        // stands in for the count of what is missing, and nothing is due.
+        let (floor, answering) = match self.floor {
+            Floor::Known(f) => (f.max(1), consuming.is_some()),
+            Floor::Unknown { .. } => (lowest_written.unwrap_or(u64::MAX), false),
+        };
 
         // The high-water mark, and what it was a grace period ago. Seqs written or announced
         // count up to `replay_window` beyond the covered prefix (every seq up to it written
         // or lost): no sensor history reaches further, and a forged `last_seq` or result seq
         // of 10^15 must not make 10^15 seqs missing. The window moves on as the prefix grows.
-        let limit = covered_prefix(written, &self.lost).saturating_add(s.replay_window);
+        let limit = covered_prefix(written, &self.lost, floor).saturating_add(s.replay_window);
         let high = written.max_at_most(limit).max(self.announced.min(limit));
         let highest_known = written.max().max(self.announced);
         let beyond_window = (highest_known > limit).then_some(highest_known);
@@ -681,29 +851,31 @@ impl EpochState {
         let not_lost = |ranges: Vec<(u64, u64)>, lost: &SeqSet| -> Vec<(u64, u64)> {
             ranges
                 .into_iter()
-                .flat_map(|(a, b)| lost.subtract_from(a, b))
+                .filter(|(_, b)| *b >= floor)
+                .flat_map(|(a, b)| lost.subtract_from(a.max(floor), b))
                 .collect()
         };
         self.missing = not_lost(written.missing(high), &self.lost)
             .iter()
             .map(|(a, b)| b - a + 1)
             .sum();
+        let due_high = if answering { due_high } else { 0 };
         let mut due = not_lost(written.missing(due_high), &self.lost);
 
         // What is due but older than the sensor can replay is lost at once, without asking:
         // below the oldest seq it announced it still holds.
-        let floor = self.oldest.max(1);
+        let held_from = self.oldest.max(1);
         let mut unavailable = Vec::new();
-        if due.first().is_some_and(|(from, _)| *from < floor) {
+        if due.first().is_some_and(|(from, _)| *from < held_from) {
             let mut rest = Vec::with_capacity(due.len());
             for (from, to) in due {
-                if from >= floor {
+                if from >= held_from {
                     rest.push((from, to));
                     continue;
                 }
-                unavailable.push((from, to.min(floor - 1)));
-                if to >= floor {
-                    rest.push((floor, to));
+                unavailable.push((from, to.min(held_from - 1)));
+                if to >= held_from {
+                    rest.push((held_from, to));
                 }
             }
             due = rest;
@@ -806,20 +978,29 @@ impl EpochState {
             (true, None) => Some(now),
             (true, since) => since,
         };
+        // Announced once, and only by a logger that answers for the whole epoch and has
+        // seen results flow: one that joined late cannot say the sensor may go.
+        let announce = complete
+            && answering
+            && floor == 1
+            && !self.announced_complete
+            && high >= self.announced;
+        self.announced_complete |= announce;
         EpochTick {
             asks,
             losses,
             unavailable,
             deferred,
             beyond_window,
+            complete: announce.then_some(self.announced),
         }
     }
 }
 
-/// The highest seq `h` such that every seq of `1..=h` is written or lost (0 when seq 1 is
-/// neither). Costs one step per range passed.
-fn covered_prefix(written: &SeqSet, lost: &SeqSet) -> u64 {
-    let mut h = 0u64;
+/// The highest seq `h` such that every seq of `floor..=h` is written or lost (`floor - 1`
+/// when `floor` is neither). Costs one step per range passed.
+fn covered_prefix(written: &SeqSet, lost: &SeqSet, floor: u64) -> u64 {
+    let mut h = floor.saturating_sub(1);
     loop {
         let Some(next) = h.checked_add(1) else {
             return h;
@@ -961,6 +1142,8 @@ pub struct EpochReport {
     pub announced_last_seq: u64,
     /// Oldest seq the sensor announced it still holds (0 when not announced).
     pub announced_oldest_seq: u64,
+    /// The first seq this logger answers for (0 while not known; see the module docs).
+    pub floor_seq: u64,
     /// Whether the sensor announced the end of the epoch.
     #[serde(rename = "final")]
     pub final_: bool,
@@ -1031,6 +1214,166 @@ mod tests {
         seen
     }
 
+    /// A tracker whose results consumer consumes since before any epoch of the tests
+    /// (epoch numbers 1, 2, ... are "Unix milliseconds" after 0).
+    fn consuming(settings: GapSettings) -> Gaps {
+        let mut g = Gaps::new(settings);
+        g.start_consuming(Instant::now(), 0);
+        g
+    }
+
+    fn seen_epoch(epoch: u64, seqs: impl IntoIterator<Item = u64>) -> Seen {
+        let mut seen = Seen::default();
+        for seq in seqs {
+            seen.insert(&Key {
+                sensor_id: "s".to_owned(),
+                epoch,
+                seq,
+            });
+        }
+        seen
+    }
+
+    /// An epoch number later than any test's consuming start on the logger's clock.
+    const LATE_EPOCH: u64 = 2_000_000_000_000;
+
+    #[test]
+    fn nothing_is_asked_before_the_results_consumer_consumes() {
+        let t0 = Instant::now();
+        let mut g = Gaps::new(settings());
+        // The status consumer already runs: the sensor announced 2,100 readings.
+        g.on_status("s", 1, 2100, 1, false, t0);
+        for ms in [0, 1000, 5000] {
+            let out = g.tick(t0 + ms * MS, &Seen::default());
+            assert!(out.asks.is_empty() && out.losses.is_empty(), "{out:?}");
+        }
+        // Results flow from 5 s on; the grace counts from then.
+        g.start_consuming(t0 + 5000 * MS, 1);
+        let written = seen(1..=2100);
+        assert!(g.tick(t0 + 5100 * MS, &written).asks.is_empty());
+        assert_eq!(g.tick(t0 + 6100 * MS, &written), TickOutcome::default());
+        assert_eq!(g.report(t0).missing, 0);
+    }
+
+    #[test]
+    fn the_grace_of_what_was_announced_before_consuming_counts_from_consuming() {
+        let t0 = Instant::now();
+        let mut g = Gaps::new(settings());
+        g.on_status("s", 1, 20, 1, false, t0);
+        g.tick(t0, &Seen::default());
+        g.start_consuming(t0 + 5000 * MS, 1);
+        let written = seen((1..=10).chain(13..=20));
+        assert!(g.tick(t0 + 5999 * MS, &written).asks.is_empty());
+        assert_eq!(asks(&g.tick(t0 + 6000 * MS, &written)), [(11, 12, 1)]);
+    }
+
+    #[test]
+    fn a_late_logger_answers_from_the_first_seqs_it_received() {
+        let t0 = Instant::now();
+        let mut g = Gaps::new(settings());
+        // The epoch began (Unix ms 1,000) before this logger consumed (Unix ms 9,000).
+        g.start_consuming(t0, 9_000);
+        g.on_status("s", 1_000, 1197, 1, false, t0);
+        assert!(g.tick(t0, &Seen::default()).asks.is_empty());
+        // Its first results overtake one another: 1,201 first, 1,198 within the grace.
+        let first = seen_epoch(1_000, [1201, 1203]);
+        assert!(g.tick(t0 + 100 * MS, &first).asks.is_empty());
+        let then = seen_epoch(1_000, [1198, 1201, 1203, 1205]);
+        assert!(g.tick(t0 + 900 * MS, &then).asks.is_empty());
+        // An epoch whose seq 1 arrived is answered for from 1, holes and all.
+        let mut whole = Gaps::new(settings());
+        whole.start_consuming(t0, 9_000);
+        let from_1 = seen_epoch(1_000, [1, 2, 5]);
+        whole.tick(t0, &from_1);
+        assert_eq!(asks(&whole.tick(t0 + 1000 * MS, &from_1)), [(3, 4, 1)]);
+        g.on_status("s", 1_000, 1210, 1, false, t0 + 1100 * MS);
+        // Floor 1,203 from here on: the holes among the first results (1,199, 1,200, 1,202:
+        // their results went by before the channel existed) and 1..=1,197 are never missing;
+        // what is above is.
+        assert!(g.tick(t0 + 1100 * MS, &then).asks.is_empty());
+        let report = g.report(t0 + 1100 * MS);
+        assert_eq!(report.missing, 1 + 5, "{report:?}");
+        let out = g.tick(t0 + 2100 * MS, &then);
+        assert_eq!(asks(&out), [(1204, 1210, 1)]);
+        // An "unavailable" answer below the floor is not this logger's loss.
+        assert!(g.unavailable("s", 1_000, 1, 1202, &then).is_empty());
+        assert_eq!(g.unavailable("s", 1_000, 1, 1204, &then), [(1204, 1204)]);
+    }
+
+    #[test]
+    fn with_backfill_a_late_logger_asks_for_exactly_what_it_missed() {
+        let t0 = Instant::now();
+        let mut g = Gaps::new(GapSettings {
+            backfill: true,
+            ..settings()
+        });
+        g.start_consuming(t0, 9_000);
+        g.on_status("s", 1_000, 1200, 1, false, t0);
+        let written = seen_epoch(1_000, 1198..=1200);
+        assert!(g.tick(t0, &written).asks.is_empty());
+        let out = g.tick(t0 + 1000 * MS, &written);
+        assert_eq!(
+            out.asks.iter().map(|a| (a.from, a.to)).collect::<Vec<_>>(),
+            [
+                (1, 100),
+                (101, 200),
+                (201, 300),
+                (301, 400),
+                (401, 500),
+                (501, 600),
+                (601, 700),
+                (701, 800),
+                (801, 900),
+                (901, 1000),
+                (1001, 1100),
+                (1101, 1197)
+            ]
+        );
+    }
+
+    #[test]
+    fn an_epoch_that_began_after_consuming_is_answered_for_from_seq_1() {
+        let t0 = Instant::now();
+        let mut g = Gaps::new(settings());
+        g.start_consuming(t0, 9_000);
+        // Every result of it was lost (an nsqd crash), only the announcement came.
+        g.on_status("s", LATE_EPOCH, 5, 1, false, t0);
+        g.tick(t0, &Seen::default());
+        assert_eq!(asks(&g.tick(t0 + 1000 * MS, &Seen::default())), [(1, 5, 1)]);
+    }
+
+    #[test]
+    fn epochs_in_the_output_at_start_are_answered_for_from_seq_1() {
+        let t0 = Instant::now();
+        let mut g = Gaps::new(settings());
+        let written = seen_epoch(1_000, 10..=20);
+        g.restored(&written);
+        g.start_consuming(t0, 9_000);
+        g.tick(t0, &written);
+        assert_eq!(asks(&g.tick(t0 + 1000 * MS, &written)), [(1, 9, 1)]);
+    }
+
+    #[test]
+    fn a_complete_epoch_is_listed_once() {
+        let t0 = Instant::now();
+        let mut g = consuming(settings());
+        let written = seen(1..=10);
+        g.on_status("s", 1, 10, 1, false, t0);
+        assert!(g.tick(t0, &written).complete.is_empty());
+        g.on_status("s", 1, 10, 1, true, t0);
+        assert_eq!(g.tick(t0, &written).complete, [("s".to_owned(), 1, 10)]);
+        assert!(g.tick(t0 + 100 * MS, &written).complete.is_empty());
+        // A late logger (floor above 1) never says an epoch is complete.
+        let mut late = Gaps::new(settings());
+        late.start_consuming(t0, 9_000);
+        let part = seen_epoch(1_000, 5..=10);
+        late.on_status("s", 1_000, 10, 1, true, t0);
+        for ms in [0, 1000, 2000] {
+            assert!(late.tick(t0 + ms * MS, &part).complete.is_empty());
+        }
+        assert_eq!(late.report(t0).missing, 0);
+    }
+
     fn asks(outcome: &TickOutcome) -> Vec<(u64, u64, u32)> {
         outcome
             .asks
@@ -1042,7 +1385,7 @@ mod tests {
     #[test]
     fn a_gap_is_asked_for_only_after_the_grace_period() {
         let t0 = Instant::now();
-        let mut g = Gaps::new(settings());
+        let mut g = consuming(settings());
         let written = seen((1..=10).chain(13..=20));
         assert!(g.tick(t0, &written).asks.is_empty());
         assert!(g.tick(t0 + 999 * MS, &written).asks.is_empty());
@@ -1056,7 +1399,7 @@ mod tests {
     #[test]
     fn the_grace_is_counted_from_when_a_seq_could_be_known() {
         let t0 = Instant::now();
-        let mut g = Gaps::new(settings());
+        let mut g = consuming(settings());
         g.tick(t0, &seen(1..=10));
         // At t0 + 800 ms seq 15 arrives: 11..=14 are missing since then, not since t0.
         let later = seen((1..=10).chain([15]));
@@ -1068,7 +1411,7 @@ mod tests {
     #[test]
     fn a_tail_gap_needs_the_announcement() {
         let t0 = Instant::now();
-        let mut g = Gaps::new(settings());
+        let mut g = consuming(settings());
         let written = seen(1..=10);
         g.tick(t0, &written);
         assert!(
@@ -1094,7 +1437,7 @@ mod tests {
     #[test]
     fn requests_back_off_then_the_gap_is_lost_as_unanswered() {
         let t0 = Instant::now();
-        let mut g = Gaps::new(settings());
+        let mut g = consuming(settings());
         let written = seen((1..=10).chain(13..=20));
         g.tick(t0, &written);
         let t = t0 + 1000 * MS;
@@ -1129,7 +1472,7 @@ mod tests {
     #[test]
     fn what_arrives_leaves_the_gap_and_the_rest_keeps_its_state() {
         let t0 = Instant::now();
-        let mut g = Gaps::new(settings());
+        let mut g = consuming(settings());
         g.tick(t0, &seen((1..=10).chain([30])));
         let t = t0 + 1000 * MS;
         assert_eq!(asks(&g.tick(t, &seen((1..=10).chain([30])))), [(11, 29, 1)]);
@@ -1151,7 +1494,7 @@ mod tests {
     #[test]
     fn new_missing_seqs_next_to_an_asked_gap_are_asked_for_at_once() {
         let t0 = Instant::now();
-        let mut g = Gaps::new(GapSettings {
+        let mut g = consuming(GapSettings {
             backoff: 2000 * MS,
             backoff_max: 4000 * MS,
             ..settings()
@@ -1170,7 +1513,7 @@ mod tests {
     #[test]
     fn unavailable_ranges_exclude_what_is_written_or_already_lost() {
         let t0 = Instant::now();
-        let mut g = Gaps::new(settings());
+        let mut g = consuming(settings());
         let written = seen((1..=10).chain(15..=20).chain([30]));
         g.tick(t0, &written);
         g.tick(t0 + 1000 * MS, &written);
@@ -1193,7 +1536,7 @@ mod tests {
     #[test]
     fn a_lost_reading_that_arrives_after_all_is_recovered() {
         let t0 = Instant::now();
-        let mut g = Gaps::new(settings());
+        let mut g = consuming(settings());
         let written = seen((1..=10).chain([20]));
         g.mark_lost("s", 1, 11, 19);
         assert!(g.tick(t0, &written).recovered.is_empty());
@@ -1215,7 +1558,7 @@ mod tests {
     #[test]
     fn a_failed_publish_is_not_an_attempt() {
         let t0 = Instant::now();
-        let mut g = Gaps::new(settings());
+        let mut g = consuming(settings());
         let written = seen((1..=10).chain([20]));
         g.tick(t0, &written);
         let out = g.tick(t0 + 1000 * MS, &written);
@@ -1226,7 +1569,7 @@ mod tests {
     #[test]
     fn a_forged_huge_announcement_costs_bounded_work() {
         let t0 = Instant::now();
-        let mut g = Gaps::new(settings());
+        let mut g = consuming(settings());
         let s = g.settings().clone();
         let written = seen(1..=10);
         g.on_status("s", 1, 1_000_000_000_000_000, 0, false, t0);
@@ -1271,7 +1614,7 @@ mod tests {
     #[test]
     fn a_forged_result_far_beyond_the_rest_opens_no_gap() {
         let t0 = Instant::now();
-        let mut g = Gaps::new(settings());
+        let mut g = consuming(settings());
         let written = seen((1..=10).chain([1_000_000_000_000_000]));
         g.tick(t0, &written);
         let out = g.tick(t0 + 1000 * MS, &written);
@@ -1282,7 +1625,7 @@ mod tests {
     #[test]
     fn a_gap_longer_than_the_window_is_asked_for_a_window_at_a_time() {
         let t0 = Instant::now();
-        let mut g = Gaps::new(GapSettings {
+        let mut g = consuming(GapSettings {
             replay_window: 100,
             ..settings()
         });
@@ -1299,7 +1642,7 @@ mod tests {
     #[test]
     fn seqs_older_than_the_sensor_holds_are_lost_without_asking() {
         let t0 = Instant::now();
-        let mut g = Gaps::new(settings());
+        let mut g = consuming(settings());
         let written = seen((1..=10).chain([100]));
         g.on_status("s", 1, 120, 50, false, t0);
         g.tick(t0, &written);
@@ -1318,7 +1661,7 @@ mod tests {
     #[test]
     fn requests_per_tick_are_capped_over_all_epochs() {
         let t0 = Instant::now();
-        let mut g = Gaps::new(GapSettings {
+        let mut g = consuming(GapSettings {
             max_requests_per_tick: 4,
             ..settings()
         });
@@ -1346,7 +1689,7 @@ mod tests {
     #[test]
     fn a_complete_epoch_leaves_after_a_while_and_is_not_tracked_again() {
         let t0 = Instant::now();
-        let mut g = Gaps::new(settings());
+        let mut g = consuming(settings());
         let written = seen(1..=10);
         g.on_status("s", 1, 10, 1, true, t0);
         g.tick(t0, &written);
@@ -1362,7 +1705,7 @@ mod tests {
     #[test]
     fn epochs_beyond_the_limit_are_forgotten_least_recently_active_first() {
         let t0 = Instant::now();
-        let mut g = Gaps::new(GapSettings {
+        let mut g = consuming(GapSettings {
             max_epochs: 3,
             ..settings()
         });
@@ -1379,7 +1722,7 @@ mod tests {
     #[test]
     fn an_unavailable_answer_beyond_what_is_known_is_ignored() {
         let t0 = Instant::now();
-        let mut g = Gaps::new(settings());
+        let mut g = consuming(settings());
         let written = seen((1..=10).chain([20]));
         g.tick(t0, &written);
         assert_eq!(

@@ -68,6 +68,8 @@ pub const READINGS_LOST: &str = "nsq_suite_readings_lost_total";
 pub const READINGS_RECOVERED: &str = "nsq_suite_readings_recovered_total";
 /// Counter: replay requests published (one per requested range).
 pub const REPLAY_REQUESTS: &str = "nsq_suite_replay_requests_total";
+/// Counter: sensor epochs announced complete on `--complete-topic`.
+pub const COMPLETE_ANNOUNCED: &str = "nsq_suite_epochs_complete_announced_total";
 /// Counter: readings asked for in replay requests (the sum of the ranges' lengths).
 pub const REPLAY_READINGS_REQUESTED: &str = "nsq_suite_replay_readings_requested_total";
 /// Counter: replay requests that could not be published (retried, not counted as attempts).
@@ -102,6 +104,10 @@ pub fn describe_gaps() {
         "Readings reported lost that arrived after all"
     );
     describe_counter!(REPLAY_REQUESTS, "Replay requests published");
+    describe_counter!(
+        COMPLETE_ANNOUNCED,
+        "Sensor epochs announced complete (final seq came, nothing missing)"
+    );
     describe_counter!(
         REPLAY_READINGS_REQUESTED,
         "Readings asked for in replay requests"
@@ -144,6 +150,7 @@ pub fn describe_gaps() {
     for name in [
         READINGS_RECOVERED,
         REPLAY_REQUESTS,
+        COMPLETE_ANNOUNCED,
         REPLAY_READINGS_REQUESTED,
         REPLAY_REQUEST_FAILURES,
         STATUS_RECEIVED,

@@ -10,7 +10,10 @@
 //!   makes the range's still-missing seqs lost. They are appended to the loss list and synced
 //!   to disk, then logged (WARN) and counted, and only then is the answer finished; if the
 //!   list cannot be written, the answer is requeued;
-//! * a producer to `--replay-nsqd-tcp-address`, for the [`ReplayRequest`]s;
+//! * a producer to `--replay-nsqd-tcp-address`, for the [`ReplayRequest`]s and the
+//!   [`EpochComplete`] announcements (`--complete-topic`);
+//! * a watch on the results consumer ([`Replay::watch_results`]): until it has a connection
+//!   with RDY > 0, nothing is asked for (see [`Gaps::start_consuming`]);
 //! * a timer: every tick asks the tracker what is due ([`Gaps::tick`]), publishes the
 //!   requests (in the background; a failed publish is retried and not counted as an
 //!   attempt) and reports the gaps given up on.
@@ -27,7 +30,7 @@ use std::{
 use suite_common::{log_limit::LogLimiter, unix_nanos};
 
 use anyhow::Context as _;
-use messages::{ReplayRequest, ReplayUnavailable, SensorStatus, SCHEMA_VERSION};
+use messages::{EpochComplete, ReplayRequest, ReplayUnavailable, SensorStatus, SCHEMA_VERSION};
 use nsq::{
     ConnectionConfig, Consumer, ConsumerConfig, Message, Messages, Producer, ProducerConfig,
 };
@@ -71,8 +74,10 @@ pub struct Replay {
     gaps: Arc<Mutex<Gaps>>,
     /// Where losses are recorded.
     losses: LossList,
-    /// Publishes the replay requests.
+    /// Publishes the replay requests and the complete announcements.
     producer: Producer,
+    /// The results consumer, watched until it consumes.
+    results: Option<Consumer>,
     /// Consumer of the status topic.
     status: Consumer,
     /// Its messages; `None` once it has ended.
@@ -169,6 +174,7 @@ impl Replay {
             gaps,
             losses,
             producer,
+            results: None,
             status,
             status_msgs: Some(status_msgs),
             unavailable,
@@ -181,6 +187,34 @@ impl Replay {
             window_warnings: LogLimiter::default(),
             reject_warnings: LogLimiter::default(),
         })
+    }
+
+    /// Watches the results consumer: gaps are looked for once it consumes.
+    pub fn watch_results(&mut self, consumer: Consumer) {
+        self.results = Some(consumer);
+    }
+
+    /// Notes when the results consumer first has a connection with RDY > 0.
+    fn check_consuming(&mut self, now: Instant) {
+        let Some(results) = &self.results else {
+            return;
+        };
+        let consuming = results
+            .stats()
+            .nodes
+            .iter()
+            .any(|n| n.connected && n.rdy > 0);
+        if !consuming {
+            return;
+        }
+        self.results = None;
+        if let Ok(mut gaps) = self.gaps.lock() {
+            gaps.start_consuming(now, unix_nanos() / 1_000_000);
+        }
+        tracing::info!(
+            backfill = self.settings.backfill,
+            "results flow: missing readings are looked for from now on"
+        );
     }
 
     /// Waits for the next event. Cancel-safe: use it in `select!`.
@@ -404,6 +438,7 @@ impl Replay {
     /// A tick: publish what is due, report what is given up on, refresh the gauges.
     fn on_tick(&mut self, seen: &Seen) {
         let now = Instant::now();
+        self.check_consuming(now);
         let (outcome, totals) = match self.gaps.lock() {
             Ok(mut gaps) => {
                 let outcome = gaps.tick(now, seen);
@@ -501,6 +536,47 @@ impl Replay {
         for ask in outcome.asks {
             self.publish(ask);
         }
+        for (sensor_id, epoch, last_seq) in outcome.complete {
+            self.announce_complete(sensor_id, epoch, last_seq);
+        }
+    }
+
+    /// Publishes that a sensor epoch is complete, in the background; a failure is logged
+    /// (the sensor then stays until its `--linger` bound).
+    fn announce_complete(&self, sensor_id: String, epoch: u64, last_seq: u64) {
+        let announcement = EpochComplete {
+            schema: SCHEMA_VERSION,
+            sensor_id,
+            epoch,
+            from_seq: 1,
+            to_seq: last_seq,
+            logger_id: self.settings.logger_id.clone(),
+            at: unix_nanos(),
+        };
+        let body = match announcement.encode() {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a complete announcement");
+                return;
+            }
+        };
+        tracing::info!(
+            sensor_id = %announcement.sensor_id,
+            epoch,
+            last_seq,
+            "sensor epoch complete: every reading is written or reported lost"
+        );
+        let producer = self.producer.clone();
+        let topic = self.settings.complete_topic.to_string();
+        tokio::spawn(async move {
+            match producer.publish(&topic, body).await {
+                Ok(()) => metrics::counter!(m::COMPLETE_ANNOUNCED).increment(1),
+                Err(e) => tracing::warn!(
+                    error = %e, sensor_id = %announcement.sensor_id, epoch,
+                    "complete announcement not published: the sensor waits for its --linger bound"
+                ),
+            }
+        });
     }
 
     /// Publishes one replay request in the background.

@@ -119,6 +119,10 @@ impl Application {
             );
             None
         };
+        // The epochs this logger consumed before are answered for from seq 1.
+        if let Ok(mut gaps) = gaps.lock() {
+            gaps.restored(&seen);
+        }
         let started = Instant::now();
         let workers = Arc::new(Mutex::new(WorkerWindow::new(
             settings.summary_interval.get(),
@@ -238,6 +242,9 @@ impl Application {
                 return Err(anyhow::Error::new(e).context("starting the consumer"));
             }
         };
+        if let Some(replay) = replay.as_mut() {
+            replay.watch_results(consumer.clone());
+        }
 
         let stop_http = CancellationToken::new();
         let http_task = tokio::spawn(http.run(router, stop_http.clone().cancelled_owned()));

@@ -121,9 +121,15 @@ pub struct Config {
     pub flush: FlushArgs,
 
     /// With --count: after the last reading is confirmed, keep answering replay requests
-    /// and announcing the status this long before exiting (SIGTERM ends it sooner)
-    #[arg(long, value_name = "DURATION", default_value_t = HumanDuration::from_secs(0))]
+    /// until a logger announces the epoch complete on --complete-topic, at most this long
+    /// (SIGTERM ends it sooner; 0: exit at once)
+    #[arg(long, value_name = "DURATION", default_value_t = HumanDuration::from_secs(30))]
     pub linger: HumanDuration,
+
+    /// Topic of the loggers' EpochComplete announcements, consumed on an ephemeral channel
+    /// of this sensor epoch
+    #[arg(long, value_name = "TOPIC", default_value = messages::COMPLETE_TOPIC)]
+    pub complete_topic: Topic,
 
     /// Address of the HTTP port (/health, /ready, /metrics, /readings)
     #[arg(long, value_name = "HOST:PORT", global = true, default_value = DEFAULT_HTTP_ADDRESS)]
@@ -216,7 +222,8 @@ mod tests {
             &*config.replay_unavailable_topic,
             "sensor_replay_unavailable"
         );
-        assert_eq!(config.linger.get(), Duration::ZERO);
+        assert_eq!(config.linger.get(), Duration::from_secs(30));
+        assert_eq!(&*config.complete_topic, "sensor_complete");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::{
     collections::HashMap,
     future::Future,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
     time::Duration,
@@ -34,11 +34,13 @@ use rand::{rngs::SmallRng, Rng as _, SeedableRng as _};
 use suite_common::log_limit::LogLimiter;
 use suite_common::shutdown::CancellationToken;
 use tokio::{
+    sync::watch,
     task::{self, JoinError, JoinSet},
     time::Instant,
 };
 
 use crate::{
+    complete::{covers, Completed},
     config::Config,
     history::History,
     metrics as m,
@@ -131,6 +133,8 @@ pub(crate) struct Engine {
     confirmed: u64,
     /// Highest seq confirmed by nsqd, read by the status announcer.
     confirmed_seq: Arc<AtomicU64>,
+    /// Set once `--count` is reached: the status announcer's announcements are final.
+    final_announced: Arc<AtomicBool>,
     /// Readings that failed permanently.
     failed: u64,
     /// Transient failures in a row (drives the retry pause).
@@ -171,6 +175,7 @@ impl Engine {
             last_seq: 0,
             confirmed: 0,
             confirmed_seq,
+            final_announced: Arc::new(AtomicBool::new(false)),
             failed: 0,
             failures_in_a_row: 0,
             retry_at: None,
@@ -184,7 +189,11 @@ impl Engine {
     /// Runs until `--count` is reached (and `--linger` has passed) or `shutdown` resolves
     /// and the outbox is flushed (or the flush timeout passes); then announces the final
     /// status and closes the producer.
-    pub(crate) async fn run<F>(mut self, shutdown: F) -> anyhow::Result<Report>
+    pub(crate) async fn run<F>(
+        mut self,
+        shutdown: F,
+        mut completed: watch::Receiver<Completed>,
+    ) -> anyhow::Result<Report>
     where
         F: Future<Output = ()>,
     {
@@ -194,21 +203,62 @@ impl Engine {
             self.epoch,
             Arc::clone(&self.confirmed_seq),
             Arc::clone(&self.history),
+            Arc::clone(&self.final_announced),
         ));
         tokio::pin!(shutdown);
         let reason = self.run_loop(shutdown.as_mut()).await;
         let linger = self.settings.linger.get();
         if matches!(reason, Ok(StopReason::CountReached)) && !linger.is_zero() {
-            // CountReached means the shutdown future has not resolved yet.
+            // CountReached means the shutdown future has not resolved yet. No reading will
+            // follow: say so at once (and again with every periodic announcement), so that a
+            // logger can tell when nothing of the epoch is missing.
+            self.final_announced.store(true, Ordering::Relaxed);
+            let status = self.status(true);
+            if let Err(e) = publish_status(
+                &self.producer,
+                &self.settings.status_topic,
+                &status,
+                CLOSE_TIMEOUT,
+            )
+            .await
+            {
+                tracing::debug!(error = %e, "final status not announced yet (announced again)");
+            }
             tracing::info!(
                 taken = self.last_seq,
                 linger = ?linger,
-                "all readings confirmed: still answering replay requests and announcing the \
-                 status until SIGTERM or the end of --linger"
+                "all readings confirmed: still answering replay requests until a logger \
+                 announces the epoch complete, SIGTERM, or the end of --linger"
             );
+            let last_seq = self.last_seq;
+            let complete = async {
+                completed
+                    .wait_for(|c| covers(c, last_seq))
+                    .await
+                    .map(|c| c.as_ref().map(|(_, by)| by.clone()).unwrap_or_default())
+            };
             tokio::select! {
                 () = shutdown.as_mut() => {}
-                () = tokio::time::sleep(linger) => {}
+                () = tokio::time::sleep(linger) => {
+                    tracing::warn!(
+                        linger = ?linger,
+                        "no logger announced the epoch complete within --linger: stopping; \
+                         readings still asked for after this are reported lost by the logger"
+                    );
+                }
+                done = complete => match done {
+                    Ok(by) => {
+                        tracing::info!(
+                            logger = %by,
+                            "a logger announced the epoch complete: nothing can still be asked for"
+                        );
+                    }
+                    // The watcher is gone (it cannot start): wait for the other two.
+                    Err(_) => tokio::select! {
+                        () = shutdown.as_mut() => {}
+                        () = tokio::time::sleep(linger) => {}
+                    },
+                },
             }
         }
         // The final announcement is the engine's own: no periodic one may follow it.
@@ -404,6 +454,19 @@ impl Engine {
         self.update_gauges();
     }
 
+    /// A status announcement of the last seq taken.
+    fn status(&self, final_: bool) -> SensorStatus {
+        SensorStatus {
+            schema: SCHEMA_VERSION,
+            sensor_id: self.settings.sensor_id.clone(),
+            epoch: self.epoch,
+            last_seq: self.last_seq,
+            at: unix_nanos(),
+            final_,
+            oldest_seq: replayable_from(&self.history),
+        }
+    }
+
     /// Counts and reports readings dropped from the full outbox.
     fn record_drops(&mut self, dropped: &[u64]) {
         if dropped.is_empty() {
@@ -465,15 +528,7 @@ impl Engine {
             );
         }
 
-        let status = SensorStatus {
-            schema: SCHEMA_VERSION,
-            sensor_id: self.settings.sensor_id.clone(),
-            epoch: self.epoch,
-            last_seq: self.last_seq,
-            at: unix_nanos(),
-            final_: true,
-            oldest_seq: replayable_from(&self.history),
-        };
+        let status = self.status(true);
         match publish_status(
             &self.producer,
             &self.settings.status_topic,
@@ -536,6 +591,7 @@ pub(crate) async fn announce_status(
     epoch: u64,
     confirmed_seq: Arc<AtomicU64>,
     history: Arc<Mutex<History>>,
+    final_announced: Arc<AtomicBool>,
 ) {
     let mut tick = tokio::time::interval(settings.status_interval.get());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -548,7 +604,8 @@ pub(crate) async fn announce_status(
             epoch,
             last_seq: confirmed_seq.load(Ordering::Relaxed),
             at: unix_nanos(),
-            final_: false,
+            // Once every reading is confirmed (--count reached), each announcement is final.
+            final_: final_announced.load(Ordering::Relaxed),
             oldest_seq: replayable_from(&history),
         };
         if let Err(e) = publish_status(&producer, &settings.status_topic, &status, timeout).await {

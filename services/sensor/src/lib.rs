@@ -28,8 +28,9 @@
 //! of asking forever.
 //!
 //! With `--count N` the sensor stops once all N readings are confirmed (exit 0), or fails
-//! (exit 1) if some could not be; with `--linger` it first keeps answering replay requests
-//! for that long (or until SIGTERM). On SIGTERM/SIGINT it stops taking readings, flushes the
+//! (exit 1) if some could not be. Before it stops, it announces its final seq and keeps
+//! answering replay requests until a logger announces the epoch complete ([`complete`]), at
+//! most `--linger` (30 s; 0: stop at once), or until SIGTERM. On SIGTERM/SIGINT it stops taking readings, flushes the
 //! outbox for at most `--flush-timeout`, reports what it could not flush, and exits 0.
 //!
 //! # Modules
@@ -39,6 +40,7 @@
 //! * [`startup`]: [`Application::build`] and [`Application::run_until_stopped`];
 //! * [`engine`]: the loop that takes, publishes and retries, and its [`Report`];
 //! * [`replay`]: answering replay requests from the history;
+//! * [`complete`]: the loggers' announcements that an epoch is complete;
 //! * [`outbox`], [`history`], [`pacer`]: the data structures it uses, free of I/O;
 //! * [`http`]: `GET /readings`; the common `/health`, `/ready` and `/metrics` come from
 //!   `suite_common`;
@@ -64,6 +66,7 @@
 
 #![warn(missing_docs)]
 
+pub mod complete;
 pub mod config;
 pub mod engine;
 pub mod history;

@@ -23,6 +23,7 @@ use suite_common::{
 use tokio::sync::watch;
 
 use crate::{
+    complete::CompleteWatch,
     config::Config,
     engine::{Engine, Report},
     history::History,
@@ -168,6 +169,18 @@ impl Application {
             connection_config(&self.settings)?,
         )?;
         let responder_task = tokio::spawn(responder.run(finishing.clone()));
+        // Only a sensor that stays after its last reading waits for a complete announcement.
+        let (watch_task, completed) =
+            if self.settings.count.is_some() && !self.settings.linger.get().is_zero() {
+                let (watch, completed) = CompleteWatch::start(
+                    &self.settings,
+                    self.epoch,
+                    connection_config(&self.settings)?,
+                )?;
+                (Some(tokio::spawn(watch.run(finishing.clone()))), completed)
+            } else {
+                (None, tokio::sync::watch::channel(None).1)
+            };
         let engine = Engine::new(
             Arc::clone(&self.settings),
             self.epoch,
@@ -176,10 +189,15 @@ impl Application {
             Arc::new(AtomicU64::new(0)),
             finishing.clone(),
         );
-        let result = engine.run(shutdown).await;
+        let result = engine.run(shutdown, completed).await;
         finishing.cancel();
         if let Err(e) = responder_task.await {
             tracing::warn!(error = %e, "the replay responder failed");
+        }
+        if let Some(task) = watch_task {
+            if let Err(e) = task.await {
+                tracing::warn!(error = %e, "the complete watcher failed");
+            }
         }
 
         readiness_task.abort();

@@ -21,6 +21,9 @@ fn config(nsqd: &str) -> Config {
         sensor_id: SENSOR_ID.to_owned(),
         http_address: "127.0.0.1:0".parse().unwrap(),
         status_interval: "100ms".parse().unwrap(),
+        // No logger in these tests announces an epoch complete: a test that wants the sensor
+        // to stay after its last reading says so.
+        linger: "0s".parse().unwrap(),
         ..Config::default()
     }
 }
@@ -420,5 +423,114 @@ async fn answers_replay_requests_from_its_history() {
     stop.send(()).unwrap();
     let report = run.await.unwrap().unwrap();
     assert_eq!(report.reason, StopReason::CountReached);
+    producer.close().await;
+}
+
+/// With `--count` and `--linger`, the sensor stays after its last reading until a logger
+/// announces its epoch complete: announcements for another sensor, another epoch, from a
+/// logger that answers for part of the epoch only, or below its last seq, or that are not
+/// announcements at all, do not end the stay; the right one does, long before `--linger`.
+#[tokio::test]
+async fn stays_until_a_logger_announces_the_epoch_complete() {
+    init_logs();
+    let nsqd = Nsqd::start().await;
+    nsqd.create_channel("sensor_status", "check").await;
+    const N: u64 = 100;
+    let app = Application::build(Config {
+        count: Some(N),
+        rate: 0,
+        linger: "5m".parse().unwrap(),
+        ..config(&nsqd.tcp_address())
+    })
+    .await
+    .unwrap();
+    let epoch = app.epoch();
+    let run = tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let channel = sensor::replay::channel_name(SENSOR_ID, epoch);
+    wait_until(
+        "the sensor listens on its complete channel",
+        Duration::from_secs(10),
+        || async {
+            nsqd.channel_stats("sensor_complete", &channel)
+                .await
+                .is_some()
+        },
+    )
+    .await;
+    // Its last reading confirmed, it announces a final status at once.
+    let final_status = wait_until("a final status", Duration::from_secs(10), || async {
+        let count = message_count(&nsqd, "sensor_status", "check").await as usize;
+        consume(&nsqd, "sensor_status", "check", count, |b| {
+            SensorStatus::decode(b).unwrap()
+        })
+        .await
+        .iter()
+        .any(|s| s.final_ && s.last_seq == N)
+    });
+    final_status.await;
+
+    let producer =
+        nsq::Producer::connect(&nsqd.tcp_address(), nsq::ProducerConfig::default()).unwrap();
+    let complete = |sensor_id: &str, epoch: u64, from_seq: u64, to_seq: u64| {
+        messages::EpochComplete {
+            schema: messages::SCHEMA_VERSION,
+            sensor_id: sensor_id.to_owned(),
+            epoch,
+            from_seq,
+            to_seq,
+            logger_id: "test-logger".to_owned(),
+            at: 1,
+        }
+        .encode()
+        .unwrap()
+    };
+    for body in [
+        complete("other", epoch, 1, N),
+        complete(SENSOR_ID, epoch - 1, 1, N),
+        complete(SENSOR_ID, epoch, 2, N),
+        complete(SENSOR_ID, epoch, 1, N - 1),
+        b"not an announcement".to_vec(),
+    ] {
+        producer.publish("sensor_complete", body).await.unwrap();
+    }
+    // They are read (finished), and the sensor stays.
+    wait_until(
+        "the announcements read",
+        Duration::from_secs(10),
+        || async {
+            nsqd.channel_stats("sensor_complete", &channel)
+                .await
+                .and_then(|c| {
+                    Some(
+                        c["message_count"].as_u64()? >= 5
+                            && c["depth"].as_u64()? == 0
+                            && c["in_flight_count"].as_u64()? == 0,
+                    )
+                })
+                .unwrap_or(false)
+        },
+    )
+    .await;
+    assert!(
+        !run.is_finished(),
+        "the sensor left on a wrong announcement"
+    );
+
+    let announced = std::time::Instant::now();
+    producer
+        .publish("sensor_complete", complete(SENSOR_ID, epoch, 1, N))
+        .await
+        .unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the sensor leaves once its epoch is announced complete")
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.reason, StopReason::CountReached);
+    assert_eq!((report.taken, report.confirmed), (N, N));
+    println!(
+        "the sensor left {:?} after the announcement",
+        announced.elapsed()
+    );
     producer.close().await;
 }
