@@ -103,18 +103,21 @@ impl Responder {
     /// background).
     pub fn start(
         settings: Arc<Config>,
+        discovery: Option<&suite_common::consul::Discovery>,
         epoch: u64,
         history: Arc<Mutex<History>>,
         producer: Producer,
         connection: nsq::ConnectionConfig,
     ) -> anyhow::Result<Self> {
         let channel = channel_name(&settings.sensor_id, epoch);
-        let nsqd = if settings.lookupd_http_address.is_empty() {
-            vec![settings.nsqd_tcp_address.to_string()]
-        } else {
-            Vec::new()
+        // Without nsqlookupd (fixed or from Consul), the requests are read from the nsqd the
+        // readings go to.
+        let nsqd = match settings.nsqd() {
+            Some(nsqd) if settings.lookupd_http_address.is_empty() => vec![nsqd],
+            _ => Vec::new(),
         };
-        let (consumer, messages) = Consumer::new(
+        let (consumer, messages) = suite_common::consul::consumer(
+            discovery,
             &settings.replay_topic,
             &channel,
             ConsumerConfig {
