@@ -1226,7 +1226,9 @@ mod tests {
         ));
         let (consumer, mut messages) =
             Consumer::new_awaiting_lookupds("moved", "test", config).unwrap();
-        assert!(consumer.set_lookupd_http_addresses(&["no port".into()]).is_err());
+        assert!(consumer
+            .set_lookupd_http_addresses(&["no port".into()])
+            .is_err());
         // 20 s: nsqd registers its topic with nsqlookupd within a second of the channel's
         // creation, and the lookup runs every 100 ms; the margin is for a loaded machine.
         async fn recv(messages: &mut Messages) -> Vec<u8> {

@@ -383,7 +383,10 @@ async fn connect_any_moves_to_a_listed_nsqd() {
     assert_eq!(producer.addr(), n1.tcp_address());
     let (_c1, mut m1) =
         Consumer::new("any", "c", consumer_config(&[n1.tcp_address()], 10)).unwrap();
-    assert_eq!(recv(&mut m1, Duration::from_secs(20)).await.body().as_ref(), b"one");
+    assert_eq!(
+        recv(&mut m1, Duration::from_secs(20)).await.body().as_ref(),
+        b"one"
+    );
 
     // nsqd 1 dies and the set now lists nsqd 2 only.
     set.send_replace(vec![n2.tcp_address()]);
@@ -401,6 +404,9 @@ async fn connect_any_moves_to_a_listed_nsqd() {
         }
     }
     assert_eq!(producer.addr(), n2.tcp_address());
-    assert_eq!(recv(&mut m2, Duration::from_secs(20)).await.body().as_ref(), b"two");
+    assert_eq!(
+        recv(&mut m2, Duration::from_secs(20)).await.body().as_ref(),
+        b"two"
+    );
     producer.close().await;
 }

@@ -112,13 +112,20 @@ impl ConsulAgent {
         if std::env::var_os("CONSUL_TEST_LOGS").is_none() {
             cmd.stdout(Stdio::null()).stderr(Stdio::null());
         }
-        self.child = Some(cmd.spawn().map_err(|e| format!("cannot start consul: {e}"))?);
+        self.child = Some(
+            cmd.spawn()
+                .map_err(|e| format!("cannot start consul: {e}"))?,
+        );
         // 30 s: a dev agent elects itself in about a second; the margin is for a loaded
         // 2-core machine.
         let deadline = Instant::now() + Duration::from_secs(30);
         let url = format!("http://{}/v1/status/leader", self.http_address());
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 self.child = None;
                 return Err(format!("consul exited during start-up: {status}"));
             }
@@ -219,7 +226,11 @@ impl ConsulAgent {
             .send()
             .await
             .expect("consul answers");
-        assert!(r.status().is_success(), "deregister {id}: HTTP {}", r.status());
+        assert!(
+            r.status().is_success(),
+            "deregister {id}: HTTP {}",
+            r.status()
+        );
     }
 
     /// The instances of `service` in the catalog with their aggregated check status

@@ -425,7 +425,14 @@ fn validate_compose_files(dir: &Path, files: &[&str], env: &[(&str, &str)]) -> R
         cmd.args(["-f", file]);
     }
     let out = cmd
-        .args(["--profile", "archive", "--profile", "consul", "config", "-q"])
+        .args([
+            "--profile",
+            "archive",
+            "--profile",
+            "consul",
+            "config",
+            "-q",
+        ])
         .env_remove("COMPOSE_FILE")
         .env_remove("COMPOSE_PROFILES")
         .env_remove("NSQ_AUTH_HTTP_ADDRESS")
@@ -671,7 +678,10 @@ fn compose_file_and_dockerfile_keep_the_deployment_rules() {
     assert_eq!(consul.profiles, ["consul"]);
     assert_eq!(consul.image.as_deref(), Some("hashicorp/consul:1.13.9"));
     assert!(consul.healthcheck.is_some(), "consul needs a health check");
-    assert!(consul.ports().contains(&(Some(8500), 8500)), "the UI on 8500");
+    assert!(
+        consul.ports().contains(&(Some(8500), 8500)),
+        "the UI on 8500"
+    );
     let config = consul
         .mounts()
         .into_iter()
@@ -698,7 +708,10 @@ fn compose_file_and_dockerfile_keep_the_deployment_rules() {
         .iter()
         .filter(|(_, s)| s.profiles.iter().any(|p| p == "consul") && s.target().is_some())
         .collect();
-    assert!(!with_consul.is_empty(), "a service of the suite in the consul profile");
+    assert!(
+        !with_consul.is_empty(),
+        "a service of the suite in the consul profile"
+    );
     for (name, s) in with_consul {
         let vars: Vec<String> = s.env().into_iter().map(|(k, _)| k).collect();
         assert!(
@@ -706,7 +719,9 @@ fn compose_file_and_dockerfile_keep_the_deployment_rules() {
             "{name}: no Consul address"
         );
         assert!(
-            !vars.iter().any(|v| v.contains("LOOKUPD") || v.contains("NSQD")),
+            !vars
+                .iter()
+                .any(|v| v.contains("LOOKUPD") || v.contains("NSQD")),
             "{name} must find NSQ through Consul only: {vars:?}"
         );
     }

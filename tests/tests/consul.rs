@@ -31,7 +31,12 @@ async fn register_lookupd(consul: &ConsulAgent, id: &str, l: &Nsqlookupd) {
 async fn register_nsqd(consul: &ConsulAgent, id: &str, n: &Nsqd) {
     let tcp_port = n.tcp_address().rsplit_once(':').unwrap().1.to_owned();
     consul
-        .register_nsq("nsqd", id, &n.http_address(), json!({ "tcp_port": tcp_port }))
+        .register_nsq(
+            "nsqd",
+            id,
+            &n.http_address(),
+            json!({ "tcp_port": tcp_port }),
+        )
         .await;
 }
 
@@ -122,11 +127,15 @@ async fn every_service_registers_passes_and_leaves() {
     // 30 s: each is ready once connected to nsqd (a second or two here), and Consul checks
     // every 500 ms; the margin is for a loaded 2-core machine.
     let agent = &consul;
-    wait_until("all four pass in Consul", Duration::from_secs(30), || async move {
-        agent.passing("sensor").await.len() == 1
-            && agent.passing("worker").await.len() == 2
-            && agent.passing("logger").await.len() == 1
-    })
+    wait_until(
+        "all four pass in Consul",
+        Duration::from_secs(30),
+        || async move {
+            agent.passing("sensor").await.len() == 1
+                && agent.passing("worker").await.len() == 2
+                && agent.passing("logger").await.len() == 1
+        },
+    )
     .await;
     let doomed_id = service_id(&consul, "worker", &doomed).await;
     assert!(doomed_id.starts_with("worker-w9-"), "{doomed_id}");
@@ -143,9 +152,11 @@ async fn every_service_registers_passes_and_leaves() {
     doomed.kill9();
     let critical = (doomed_id.clone(), "critical".to_owned());
     let critical = &critical;
-    wait_until("the killed worker turns critical", Duration::from_secs(20), || async move {
-        agent.health("worker").await.contains(critical)
-    })
+    wait_until(
+        "the killed worker turns critical",
+        Duration::from_secs(20),
+        || async move { agent.health("worker").await.contains(critical) },
+    )
     .await;
 
     // SIGTERM: each deregisters before it exits, so the registration is gone at the exit.
@@ -154,7 +165,10 @@ async fn every_service_registers_passes_and_leaves() {
         service_id(&consul, "worker", &worker).await,
         service_id(&consul, "logger", &logger).await,
     ];
-    for (s, id) in [&mut sensor, &mut worker, &mut logger].into_iter().zip(&ids) {
+    for (s, id) in [&mut sensor, &mut worker, &mut logger]
+        .into_iter()
+        .zip(&ids)
+    {
         let status = s.terminate(Duration::from_secs(20)).await;
         assert!(status.success(), "{} exit: {status}", s.name);
         assert!(
@@ -194,7 +208,10 @@ async fn the_suite_runs_with_only_the_consul_address() {
     let output = dir.path().join("results.jsonl");
     let only = vec![flag("consul-http-address", consul.http_address())];
 
-    let mut logger = Service::start("logger", &with(only.clone(), &[flag("output", output.display())]));
+    let mut logger = Service::start(
+        "logger",
+        &with(only.clone(), &[flag("output", output.display())]),
+    );
     let mut worker = Service::start("worker", &only);
     for s in [&mut logger, &mut worker] {
         s.wait_healthy().await;
@@ -203,13 +220,21 @@ async fn the_suite_runs_with_only_the_consul_address() {
         "sensor",
         &with(
             only.clone(),
-            &[flag("sensor-id", "s1"), flag("count", 300), flag("rate", 100)],
+            &[
+                flag("sensor-id", "s1"),
+                flag("count", 300),
+                flag("rate", 100),
+            ],
         ),
     );
     // 60 s: 300 readings at 100/s take 3 s; the rest is discovery (Consul answers at once,
     // nsqlookupd is asked every 5 s by default) and a loaded machine.
     let status = sensor.wait_exit(Duration::from_secs(60)).await;
-    assert!(status.success(), "sensor: {status}\n{}", sensor.logs().join("\n"));
+    assert!(
+        status.success(),
+        "sensor: {status}\n{}",
+        sensor.logs().join("\n")
+    );
     wait_until("300 results logged", Duration::from_secs(60), || {
         let n = count_lines(&output);
         async move { n >= 300 }
@@ -239,20 +264,34 @@ async fn consumers_follow_a_moved_nsqlookupd() {
     let output = dir.path().join("results.jsonl");
     let base = consul_args(&consul);
 
-    let mut logger = Service::start("logger", &with(base.clone(), &[flag("output", output.display())]));
+    let mut logger = Service::start(
+        "logger",
+        &with(base.clone(), &[flag("output", output.display())]),
+    );
     let mut worker = Service::start("worker", &base);
     for s in [&mut logger, &mut worker] {
         s.wait_healthy().await;
     }
     let mut s1 = Service::start(
         "sensor",
-        &with(base.clone(), &[flag("sensor-id", "s1"), flag("count", 200), flag("rate", 50)]),
+        &with(
+            base.clone(),
+            &[
+                flag("sensor-id", "s1"),
+                flag("count", 200),
+                flag("rate", 50),
+            ],
+        ),
     );
     // 30 s: the first results within seconds of the start, with margin for a loaded machine.
-    wait_until("results flow through nsqlookupd 1", Duration::from_secs(30), || {
-        let n = count_lines(&output);
-        async move { n >= 20 }
-    })
+    wait_until(
+        "results flow through nsqlookupd 1",
+        Duration::from_secs(30),
+        || {
+            let n = count_lines(&output);
+            async move { n >= 20 }
+        },
+    )
     .await;
 
     // The move: the second registered, the first deregistered, then gone.
@@ -276,14 +315,23 @@ async fn consumers_follow_a_moved_nsqlookupd() {
     );
     for s in [&mut s1, &mut s2] {
         let status = s.wait_exit(Duration::from_secs(60)).await;
-        assert!(status.success(), "{}: {status}\n{}", s.name, s.logs().join("\n"));
+        assert!(
+            status.success(),
+            "{}: {status}\n{}",
+            s.name,
+            s.logs().join("\n")
+        );
     }
     // 30 s: the worker learns of nsqlookupd 2 from a blocking query at once, asks it every
     // 250 ms, and finds n2 there; the margin is for a loaded machine.
-    wait_until("every reading of both sensors logged", Duration::from_secs(30), || {
-        let n = count_lines(&output);
-        async move { n >= 300 }
-    })
+    wait_until(
+        "every reading of both sensors logged",
+        Duration::from_secs(30),
+        || {
+            let n = count_lines(&output);
+            async move { n >= 300 }
+        },
+    )
     .await;
     assert_exactly_once(&output, "s1", 200);
     assert_exactly_once(&output, "s2", 100);
@@ -312,7 +360,10 @@ async fn a_consul_outage_is_not_fatal() {
     let output = dir.path().join("results.jsonl");
     let base = consul_args(&consul);
 
-    let mut logger = Service::start("logger", &with(base.clone(), &[flag("output", output.display())]));
+    let mut logger = Service::start(
+        "logger",
+        &with(base.clone(), &[flag("output", output.display())]),
+    );
     let mut worker = Service::start("worker", &base);
     let mut sensor = Service::start(
         "sensor",
@@ -333,21 +384,37 @@ async fn a_consul_outage_is_not_fatal() {
     // 10 s: the services notice at their next request (a blocking query fails at once when
     // the agent's connection closes).
     let w = &worker;
-    wait_until("/ready names the Consul outage", Duration::from_secs(10), || async move {
-        let (status, body) = ready(w).await;
-        status == 503 && body["reason"].as_str().is_some_and(|r| r.contains("Consul"))
-    })
+    wait_until(
+        "/ready names the Consul outage",
+        Duration::from_secs(10),
+        || async move {
+            let (status, body) = ready(w).await;
+            status == 503
+                && body["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("Consul"))
+        },
+    )
     .await;
     // Readings keep flowing meanwhile: 20/s for the rest of the 10 s.
-    wait_until("results flow without Consul", Duration::from_secs(10), || {
-        let n = count_lines(&output);
-        async move { n >= before + 40 }
-    })
+    wait_until(
+        "results flow without Consul",
+        Duration::from_secs(10),
+        || {
+            let n = count_lines(&output);
+            async move { n >= before + 40 }
+        },
+    )
     .await;
     // The outage itself is the scenario: 10 s of it, whatever the services do.
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(stopped.elapsed())).await;
     for s in [&mut logger, &mut worker, &mut sensor] {
-        assert!(s.try_exit().is_none(), "{} died without Consul\n{}", s.name, s.logs().join("\n"));
+        assert!(
+            s.try_exit().is_none(),
+            "{} died without Consul\n{}",
+            s.name,
+            s.logs().join("\n")
+        );
     }
 
     // Back, empty: NSQ's daemons come back from their definitions (here: registered again),
@@ -357,11 +424,15 @@ async fn a_consul_outage_is_not_fatal() {
     register_lookupd(&consul, "nsqlookupd-1", &lookupd).await;
     register_nsqd(&consul, "nsqd-1", &nsqd).await;
     let agent = &consul;
-    wait_until("every service registered and passing again", Duration::from_secs(30), || async move {
-        agent.passing("sensor").await.len() == 1
-            && agent.passing("worker").await.len() == 1
-            && agent.passing("logger").await.len() == 1
-    })
+    wait_until(
+        "every service registered and passing again",
+        Duration::from_secs(30),
+        || async move {
+            agent.passing("sensor").await.len() == 1
+                && agent.passing("worker").await.len() == 1
+                && agent.passing("logger").await.len() == 1
+        },
+    )
     .await;
     assert_eq!(ready(&worker).await.0, 200, "ready again");
 
@@ -374,18 +445,32 @@ async fn a_consul_outage_is_not_fatal() {
         .filter(|l| l.contains("sensor stopped"))
         .find_map(|l| {
             let rest = l.split("confirmed=").nth(1)?;
-            rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
         })
         .unwrap_or_else(|| panic!("no confirmed count\n{}", sensor.logs().join("\n")));
     let seqs = || seqs_by_sensor(&output).remove("s1").unwrap_or_default();
     // 30 s: the last readings are a hop or two behind; margin for a loaded machine.
-    wait_until("every confirmed reading logged", Duration::from_secs(30), || {
-        let n = seqs().len() as u64;
-        async move { n >= confirmed }
-    })
+    wait_until(
+        "every confirmed reading logged",
+        Duration::from_secs(30),
+        || {
+            let n = seqs().len() as u64;
+            async move { n >= confirmed }
+        },
+    )
     .await;
     let s = seqs();
     let max = s.last().copied().unwrap_or(0);
-    assert!(max >= confirmed, "logged up to {max} of {confirmed} confirmed");
-    assert_eq!(s, (1..=max).collect::<Vec<_>>(), "no reading lost, none twice");
+    assert!(
+        max >= confirmed,
+        "logged up to {max} of {confirmed} confirmed"
+    );
+    assert_eq!(
+        s,
+        (1..=max).collect::<Vec<_>>(),
+        "no reading lost, none twice"
+    );
 }

@@ -328,13 +328,10 @@ impl Consul {
         path: &str,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, ConsulError> {
-        let response = request
-            .send()
-            .await
-            .map_err(|e| ConsulError::Unreachable {
-                url: self.base.clone(),
-                reason: error_chain(&e),
-            })?;
+        let response = request.send().await.map_err(|e| ConsulError::Unreachable {
+            url: self.base.clone(),
+            reason: error_chain(&e),
+        })?;
         let status = response.status();
         if status.is_success() || status == reqwest::StatusCode::NOT_FOUND {
             return Ok(response);
@@ -398,10 +395,7 @@ impl Consul {
         if let Some(index) = index {
             // Consul adds up to wait/16 of jitter; the margin covers it and a slow answer.
             r = r
-                .query(&[
-                    ("index", index.to_string()),
-                    ("wait", go_duration(wait)),
-                ])
+                .query(&[("index", index.to_string()), ("wait", go_duration(wait))])
                 .timeout(wait + wait / 16 + REQUEST_TIMEOUT);
         }
         let response = self.send(&path, r).await?;
@@ -757,17 +751,18 @@ impl Discovery {
         };
         task.abort();
         let _ = task.await;
-        match tokio::time::timeout(
-            DEREGISTER_TIMEOUT,
-            self.consul.deregister(&registration.id),
-        )
-        .await
+        match tokio::time::timeout(DEREGISTER_TIMEOUT, self.consul.deregister(&registration.id))
+            .await
         {
             Ok(Ok(())) => {
                 tracing::info!(id = %registration.id, "deregistered from Consul")
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, id = %registration.id, "cannot deregister from Consul; it removes the registration once the check has been critical for --consul-deregister-critical-after"),
-            Err(_) => tracing::warn!(id = %registration.id, "Consul did not answer the deregistration in time; it removes the registration once the check has been critical for --consul-deregister-critical-after"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, id = %registration.id, "cannot deregister from Consul; it removes the registration once the check has been critical for --consul-deregister-critical-after")
+            }
+            Err(_) => {
+                tracing::warn!(id = %registration.id, "Consul did not answer the deregistration in time; it removes the registration once the check has been critical for --consul-deregister-critical-after")
+            }
         }
     }
 
@@ -908,9 +903,7 @@ pub fn producer(
     config: nsq::ProducerConfig,
 ) -> Result<nsq::Producer, nsq::ConfigError> {
     match discovery {
-        Some(discovery) => {
-            nsq::Producer::connect_any(discovery.nsqd_for_producer(fixed), config)
-        }
+        Some(discovery) => nsq::Producer::connect_any(discovery.nsqd_for_producer(fixed), config),
         None => nsq::Producer::connect(fixed.as_deref().unwrap_or(default), config),
     }
 }
@@ -1061,7 +1054,10 @@ mod tests {
         i.meta.insert("tcp_port".into(), "nope".into());
         assert_eq!(Watched::Nsqd.address(&i), None);
         i.address = "::1".into();
-        assert_eq!(Watched::Nsqlookupd.address(&i).as_deref(), Some("[::1]:4161"));
+        assert_eq!(
+            Watched::Nsqlookupd.address(&i).as_deref(),
+            Some("[::1]:4161")
+        );
         i.port = 0;
         assert_eq!(Watched::Nsqlookupd.address(&i), None);
         let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
@@ -1075,7 +1071,10 @@ mod tests {
     fn health_names_the_failing_task_until_it_succeeds() {
         let h = ConsulHealth::default();
         assert_eq!(h.problem(), None);
-        h.set("nsqlookupd", Some("Consul at http://c:8500 unreachable: refused".into()));
+        h.set(
+            "nsqlookupd",
+            Some("Consul at http://c:8500 unreachable: refused".into()),
+        );
         let p = h.problem().unwrap();
         assert!(p.contains("nsqlookupd") && p.contains("last known"), "{p}");
         h.set("nsqlookupd", None);

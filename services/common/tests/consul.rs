@@ -50,10 +50,12 @@ async fn registers_passes_comes_back_and_deregisters() {
     let id = registration.id.clone();
     discovery.keep_registered(registration);
 
-    let (agent, want) = (&consul, &[id.clone()]);
-    wait_until("the service passes", Duration::from_secs(20), || async move {
-        agent.passing("testsvc").await == want
-    })
+    let (agent, want) = (&consul, std::slice::from_ref(&id));
+    wait_until(
+        "the service passes",
+        Duration::from_secs(20),
+        || async move { agent.passing("testsvc").await == want },
+    )
     .await;
     let service = consul.agent_service(&id).await.unwrap();
     assert_eq!(service["Tags"], serde_json::json!(["test"]));
@@ -62,7 +64,7 @@ async fn registers_passes_comes_back_and_deregisters() {
 
     consul.restart().await;
     assert!(consul.agent_service(&id).await.is_none(), "a fresh agent");
-    let (agent, want) = (&consul, &[id.clone()]);
+    let (agent, want) = (&consul, std::slice::from_ref(&id));
     wait_until(
         "registered again after the agent restart",
         Duration::from_secs(30),
@@ -133,11 +135,17 @@ async fn watch_follows_changes_and_keeps_the_last_list_without_consul() {
     consul.kill();
     // 20 s: a refused connection fails at once; the next try is within the backoff.
     let d = &discovery;
-    wait_until("/ready's problem names Consul", Duration::from_secs(20), || async move {
-        d.problem().is_some_and(|p| p.contains("unreachable"))
-    })
+    wait_until(
+        "/ready's problem names Consul",
+        Duration::from_secs(20),
+        || async move { d.problem().is_some_and(|p| p.contains("unreachable")) },
+    )
     .await;
-    assert_eq!(*lookupds.borrow(), ["127.0.0.1:4261"], "the last list is kept");
+    assert_eq!(
+        *lookupds.borrow(),
+        ["127.0.0.1:4261"],
+        "the last list is kept"
+    );
 
     consul.restart().await;
     // The fresh agent lists nothing: the list follows, and the problem clears. 30 s: the
@@ -146,8 +154,10 @@ async fn watch_follows_changes_and_keeps_the_last_list_without_consul() {
         .await
         .expect("the fresh agent's empty list")
         .unwrap();
-    wait_until("the problem clears", Duration::from_secs(30), || async move {
-        d.problem().is_none()
-    })
+    wait_until(
+        "the problem clears",
+        Duration::from_secs(30),
+        || async move { d.problem().is_none() },
+    )
     .await;
 }

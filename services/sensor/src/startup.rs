@@ -240,7 +240,11 @@ fn connection_config(s: &Config) -> Result<ConnectionConfig, ConfigError> {
 
 /// Keeps `/ready` and the connection gauge in line with the producer's connection (and,
 /// with Consul, with whether Consul answers).
-async fn track_producer(producer: Producer, readiness: Readiness, mut consul: Option<ConsulHealth>) {
+async fn track_producer(
+    producer: Producer,
+    readiness: Readiness,
+    mut consul: Option<ConsulHealth>,
+) {
     let mut state = producer.state();
     loop {
         let current = state.borrow_and_update().clone();

@@ -254,7 +254,11 @@ mod tests {
     fn consul_alone_is_enough_and_replaces_the_default_destination() {
         let s = load(&[], &[("WORKER_CONSUL_HTTP_ADDRESS", "127.0.0.1:8500")]).unwrap();
         assert!(s.consul.enabled());
-        assert_eq!(s.destination_nsqd(), None, "Consul's nsqd, not 127.0.0.1:4150");
+        assert_eq!(
+            s.destination_nsqd(),
+            None,
+            "Consul's nsqd, not 127.0.0.1:4150"
+        );
         let s = settings(&[
             "--consul-http-address=c:8500",
             "--destination-nsqd-tcp-address=d:4150",
