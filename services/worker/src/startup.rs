@@ -276,10 +276,14 @@ async fn sample(
                 reasons.describe()
             ));
         } else if !producer_up {
-            readiness.set_not_ready(format!(
-                "not connected to the destination nsqd: {}",
-                http::producer_reason(&producer.state().borrow(), &destination)
-            ));
+            readiness.set_not_ready(if destination.is_empty() {
+                "no destination nsqd yet: waiting for Consul to list one".to_owned()
+            } else {
+                format!(
+                    "not connected to the destination nsqd: {}",
+                    http::producer_reason(&producer.state().borrow(), &destination)
+                )
+            });
         } else if let Some(problem) = discovery.as_ref().and_then(|d| d.problem()) {
             readiness.set_not_ready(problem);
         } else {
