@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of nsq-suite: formatting and lints, unit and integration tests, end-to-end
 # tests of the real binaries against real NSQ v1.3.0 daemons, and the Python interop tests.
-# Installs what it needs that is missing: the pinned NSQ binaries, the Python virtualenv,
+# Installs what it needs that is missing: the pinned NSQ and Consul binaries, the Python virtualenv,
 # the browser test's playwright-core, and (as root) Debian's docker-compose and chromium.
 #
 #   scripts/test.sh
@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 
 scripts/system-deps.sh
 scripts/build-nsq.sh
+scripts/build-consul.sh
 NSQ_SUITE_PYTHON=$(scripts/python-env.sh)
 export NSQ_SUITE_PYTHON
 scripts/browser-env.sh

@@ -667,7 +667,11 @@ fn the_encode_buffer_is_sized_up_front() {
         };
         let bytes = reading.encode().unwrap();
         let hint = reading.encoded_len_hint();
-        assert!(hint >= bytes.len(), "reading, {n} values: {hint} < {}", bytes.len());
+        assert!(
+            hint >= bytes.len(),
+            "reading, {n} values: {hint} < {}",
+            bytes.len()
+        );
         assert!(hint <= bytes.len() + 128, "reading, {n} values: {hint}");
         let result = WorkResult {
             schema: SCHEMA_VERSION,
@@ -683,7 +687,11 @@ fn the_encode_buffer_is_sized_up_front() {
         };
         let bytes = result.encode().unwrap();
         let hint = result.encoded_len_hint();
-        assert!(hint >= bytes.len(), "result, {n} values: {hint} < {}", bytes.len());
+        assert!(
+            hint >= bytes.len(),
+            "result, {n} values: {hint} < {}",
+            bytes.len()
+        );
         assert!(hint <= bytes.len() + 256, "result, {n} values: {hint}");
     }
 }

@@ -97,6 +97,8 @@ impl ConsumerStats {
 
 enum Control {
     Close,
+    /// New nsqlookupd base URLs (see [`Consumer::set_lookupd_http_addresses`]).
+    Lookupds(Vec<String>),
 }
 
 /// Reports from connection and lookup tasks to the manager.
@@ -219,6 +221,29 @@ impl Consumer {
         channel: &str,
         config: ConsumerConfig,
     ) -> Result<(Consumer, Messages), ConfigError> {
+        if config.nsqd_tcp_addresses.is_empty() && config.lookupd_http_addresses.is_empty() {
+            return Err(ConfigError::NoSources);
+        }
+        Self::start(topic, channel, config)
+    }
+
+    /// Starts like [`Consumer::new`], but accepts a configuration without any nsqd or
+    /// nsqlookupd address: they are to come later through
+    /// [`Consumer::set_lookupd_http_addresses`] (e.g. from service discovery). Until then it
+    /// consumes from the fixed nsqd addresses only, if any.
+    pub fn new_awaiting_lookupds(
+        topic: &str,
+        channel: &str,
+        config: ConsumerConfig,
+    ) -> Result<(Consumer, Messages), ConfigError> {
+        Self::start(topic, channel, config)
+    }
+
+    fn start(
+        topic: &str,
+        channel: &str,
+        config: ConsumerConfig,
+    ) -> Result<(Consumer, Messages), ConfigError> {
         if !protocol::is_valid_topic_name(topic) {
             return Err(InvalidInput::TopicName(topic.to_string()).into());
         }
@@ -230,9 +255,6 @@ impl Consumer {
         }
         if let Some(d) = config.output_buffer_timeout {
             output_buffer_timeout_ms(d)?;
-        }
-        if config.nsqd_tcp_addresses.is_empty() && config.lookupd_http_addresses.is_empty() {
-            return Err(ConfigError::NoSources);
         }
         for a in &config.nsqd_tcp_addresses {
             check_tcp_address(a)?;
@@ -284,6 +306,20 @@ impl Consumer {
                 wakeups,
             },
         ))
+    }
+
+    /// Replaces the nsqlookupd addresses (`host:port` or `http://host:port`), e.g. with the
+    /// instances service discovery lists now. The lookup starts over at once with the new set;
+    /// nsqd nodes the new set no longer lists are dropped as with any lookup (a connected one
+    /// keeps serving until its connection ends). An empty set stops the lookups and keeps the
+    /// nodes found so far. The fixed nsqd addresses are not affected.
+    pub fn set_lookupd_http_addresses(&self, addrs: &[String]) -> Result<(), ConfigError> {
+        let urls = addrs
+            .iter()
+            .map(|a| lookupd_url(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let _ = self.shared.control.send(Control::Lookupds(urls));
+        Ok(())
     }
 
     /// Every connection event from now on.
@@ -420,17 +456,7 @@ impl Manager {
         for addr in self.config.nsqd_tcp_addresses.clone() {
             self.add_node(addr, true);
         }
-        let lookup_task = if self.lookupds.is_empty() {
-            None
-        } else {
-            Some(tokio::spawn(lookup_loop(
-                self.lookupds.clone(),
-                self.topic.clone(),
-                self.config.lookupd_poll_interval,
-                self.reports_tx.clone(),
-                self.events.clone(),
-            )))
-        };
+        let mut lookup_task = self.spawn_lookup();
         // False once every `Consumer` handle is gone: `recv` would then return `None` at once,
         // for ever, and the loop would spin while the connections drain.
         let mut control_open = true;
@@ -452,12 +478,23 @@ impl Manager {
             #[cfg(test)]
             self.wakeups.fetch_add(1, Ordering::Relaxed);
             tokio::select! {
-                c = control.recv(), if control_open => {
-                    // Every handle dropped without close(): close all the same.
-                    control_open = c.is_some();
-                    if !self.closing {
-                        self.start_close();
-                        if let Some(t) = &lookup_task { t.abort(); }
+                c = control.recv(), if control_open => match c {
+                    Some(Control::Lookupds(urls)) => {
+                        if !self.closing && urls != self.lookupds {
+                            tracing::info!(topic = %self.topic, lookupd = ?urls, "nsqlookupd addresses replaced");
+                            if let Some(t) = lookup_task.take() { t.abort(); }
+                            self.lookupds = urls;
+                            lookup_task = self.spawn_lookup();
+                        }
+                        continue;
+                    }
+                    // close(), or every handle dropped without close(): close all the same.
+                    c => {
+                        control_open = c.is_some();
+                        if !self.closing {
+                            self.start_close();
+                            if let Some(t) = &lookup_task { t.abort(); }
+                        }
                     }
                 },
                 Some(report) = self.reports_rx.recv() => self.on_report(report),
@@ -483,6 +520,20 @@ impl Manager {
         }
         // Dropping the last sender ends `Messages`.
         self.msg_tx = None;
+    }
+
+    /// Starts the lookup task for the current nsqlookupd set (none for an empty set).
+    fn spawn_lookup(&self) -> Option<tokio::task::JoinHandle<()>> {
+        if self.lookupds.is_empty() {
+            return None;
+        }
+        Some(tokio::spawn(lookup_loop(
+            self.lookupds.clone(),
+            self.topic.clone(),
+            self.config.lookupd_poll_interval,
+            self.reports_tx.clone(),
+            self.events.clone(),
+        )))
     }
 
     fn add_node(&mut self, addr: String, fixed: bool) {
@@ -1240,6 +1291,67 @@ mod poll_tests {
 mod tests {
     use super::*;
     use crate::testkit::Nsqd;
+
+    /// A consumer started without sources follows the nsqlookupd set it is given: it finds
+    /// the nsqd of the first lookupd, then, once the set is replaced by a second lookupd (with
+    /// its own nsqd), that one's nsqd too; the first nsqd, connected, keeps serving.
+    #[tokio::test]
+    async fn follows_replaced_lookupd_addresses() {
+        use crate::testkit::Nsqlookupd;
+        let (l1, l2) = (Nsqlookupd::start().await, Nsqlookupd::start().await);
+        let n1 = Nsqd::builder().lookupd(&l1).start().await;
+        let n2 = Nsqd::builder().lookupd(&l2).start().await;
+        for n in [&n1, &n2] {
+            n.create_channel("moved", "test").await;
+        }
+        let config = ConsumerConfig {
+            lookupd_poll_interval: Duration::from_millis(100),
+            ..Default::default()
+        };
+        assert!(matches!(
+            Consumer::new("moved", "test", config.clone()),
+            Err(ConfigError::NoSources)
+        ));
+        let (consumer, mut messages) =
+            Consumer::new_awaiting_lookupds("moved", "test", config).unwrap();
+        assert!(consumer
+            .set_lookupd_http_addresses(&["no port".into()])
+            .is_err());
+        // 20 s: nsqd registers its topic with nsqlookupd within a second of the channel's
+        // creation, and the lookup runs every 100 ms; the margin is for a loaded machine.
+        async fn recv(messages: &mut Messages) -> Vec<u8> {
+            let msg = tokio::time::timeout(Duration::from_secs(20), messages.recv())
+                .await
+                .expect("a message within 20 s")
+                .expect("the consumer is open");
+            let body = msg.body().to_vec();
+            msg.finish();
+            body
+        }
+        let p1 = crate::Producer::connect(&n1.tcp_address(), Default::default()).unwrap();
+        let p2 = crate::Producer::connect(&n2.tcp_address(), Default::default()).unwrap();
+        p1.publish("moved", &b"one"[..]).await.unwrap();
+        p2.publish("moved", &b"two"[..]).await.unwrap();
+        consumer
+            .set_lookupd_http_addresses(&[l1.http_address()])
+            .unwrap();
+        assert_eq!(recv(&mut messages).await, b"one");
+        assert_eq!(consumer.stats().nodes.len(), 1, "only nsqd 1 is known");
+
+        consumer
+            .set_lookupd_http_addresses(&[format!("http://{}", l2.http_address())])
+            .unwrap();
+        assert_eq!(recv(&mut messages).await, b"two");
+        p1.publish("moved", &b"three"[..]).await.unwrap();
+        assert_eq!(
+            recv(&mut messages).await,
+            b"three",
+            "the connected nsqd 1 keeps serving"
+        );
+        consumer.close().await;
+        p1.close().await;
+        p2.close().await;
+    }
 
     /// Every `Consumer` handle dropped without `close()` closes the consumer, and the manager
     /// waits idle (not spinning) while the connection drains, then ends.

@@ -178,7 +178,8 @@ pub enum ConnectionState {
 }
 
 struct Shared {
-    addr: String,
+    /// The nsqd in use (or last tried).
+    addr: Arc<Mutex<String>>,
     config: ProducerConfig,
     /// Dropping the last `Producer` drops this sender, which ends the connection task.
     tx: mpsc::Sender<Request>,
@@ -196,7 +197,9 @@ struct Control {
 
 /// What the connection task owns.
 struct Task {
-    addr: String,
+    addr: Arc<Mutex<String>>,
+    /// The nsqd to choose from on each (re)connection, for [`Producer::connect_any`].
+    choices: Option<watch::Receiver<Vec<String>>>,
     config: ProducerConfig,
     ctl: Arc<Control>,
     state: Arc<watch::Sender<ConnectionState>>,
@@ -220,7 +223,7 @@ pub struct Producer {
 impl std::fmt::Debug for Producer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Producer")
-            .field("addr", &self.shared.addr)
+            .field("addr", &*lock(&self.shared.addr))
             .finish_non_exhaustive()
     }
 }
@@ -231,6 +234,29 @@ impl Producer {
     /// Must be called inside a tokio runtime.
     pub fn connect(addr: &str, config: ProducerConfig) -> Result<Producer, ConfigError> {
         check_tcp_address(addr)?;
+        Ok(Self::start(addr.to_string(), None, config))
+    }
+
+    /// Starts a producer for any one nsqd of a set that may change (e.g. the passing nsqd
+    /// instances that service discovery lists). It connects to the first address; after a
+    /// failed attempt or a lost connection it moves to the next address of the set as it is
+    /// then, and it stays on a working connection whatever the set becomes (so that
+    /// publishes are not cut off by a discovery hiccup). While the set is empty it waits for
+    /// one (publishes wait up to `publish_timeout`). Addresses that are not `host:port` are
+    /// skipped with a WARN. Must be called inside a tokio runtime.
+    pub fn connect_any(
+        addrs: watch::Receiver<Vec<String>>,
+        config: ProducerConfig,
+    ) -> Result<Producer, ConfigError> {
+        let first = addrs.borrow().first().cloned().unwrap_or_default();
+        Ok(Self::start(first, Some(addrs), config))
+    }
+
+    fn start(
+        addr: String,
+        choices: Option<watch::Receiver<Vec<String>>>,
+        config: ProducerConfig,
+    ) -> Producer {
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let (state, _) = watch::channel(ConnectionState::Connecting);
         let ctl = Arc::new(Control {
@@ -239,15 +265,17 @@ impl Producer {
         });
         let state = Arc::new(state);
         let events = Events::new();
+        let addr = Arc::new(Mutex::new(addr));
         let task = Task {
-            addr: addr.to_string(),
+            addr: Arc::clone(&addr),
+            choices,
             config: config.clone(),
             ctl: Arc::clone(&ctl),
             state: Arc::clone(&state),
             events: events.clone(),
         };
         let shared = Arc::new(Shared {
-            addr: addr.to_string(),
+            addr,
             config,
             tx,
             ctl,
@@ -257,12 +285,13 @@ impl Producer {
         });
         let task = tokio::spawn(run(task, rx));
         *lock(&shared.task) = Some(task);
-        Ok(Producer { shared })
+        Producer { shared }
     }
 
-    /// The nsqd address.
-    pub fn addr(&self) -> &str {
-        &self.shared.addr
+    /// The nsqd address in use (or being tried; empty while [`Producer::connect_any`] waits
+    /// for an address).
+    pub fn addr(&self) -> String {
+        lock(&self.shared.addr).clone()
     }
 
     /// The connection state, as a watch channel (for readiness checks).
@@ -390,7 +419,7 @@ impl Producer {
         match tokio::time::timeout(timeout, fut).await {
             Ok(r) => r,
             Err(_) => Err(PublishError::Timeout {
-                addr: self.shared.addr.clone(),
+                addr: lock(&self.shared.addr).clone(),
                 timeout,
             }),
         }
@@ -400,7 +429,8 @@ impl Producer {
 /// The connection task: connect, pump, reconnect, until closed or every handle is dropped.
 async fn run(task: Task, mut rx: mpsc::Receiver<Request>) {
     let Task {
-        addr,
+        addr: current,
+        mut choices,
         config,
         ctl,
         state,
@@ -410,9 +440,19 @@ async fn run(task: Task, mut rx: mpsc::Receiver<Request>) {
         config.connection.reconnect_initial,
         config.connection.reconnect_max,
     );
+    let mut addr = lock(&current).clone();
+    // Whether the last attempt or connection to `addr` failed: then the next address is tried.
+    let mut failed = false;
     loop {
         if ctl.closed.load(Ordering::SeqCst) || rx.is_closed() {
             break;
+        }
+        if let Some(choices) = &mut choices {
+            match choose(choices, &addr, failed, &ctl).await {
+                Some(next) => addr = next,
+                None => break, // closed while waiting for an address
+            }
+            *lock(&current) = addr.clone();
         }
         state.send_replace(ConnectionState::Connecting);
         let reason = match conn::connect(&addr, &config.connection, None).await {
@@ -427,6 +467,7 @@ async fn run(task: Task, mut rx: mpsc::Receiver<Request>) {
             }
             Err(e) => e.to_string(),
         };
+        failed = true;
         state.send_replace(ConnectionState::Disconnected {
             reason: reason.clone(),
         });
@@ -454,6 +495,51 @@ async fn run(task: Task, mut rx: mpsc::Receiver<Request>) {
         let _ = req.reply.send(Err(PublishError::Closed));
     }
     state.send_replace(ConnectionState::Closed);
+}
+
+/// The address to connect to next, for [`Producer::connect_any`]: `addr` again while it is
+/// listed and did not fail, else the one after it in the list (the first when `addr` is not
+/// listed). Waits while the list has no valid address; `None` when the producer is closed
+/// meanwhile or the list's sender is gone with nothing listed.
+async fn choose(
+    choices: &mut watch::Receiver<Vec<String>>,
+    addr: &str,
+    failed: bool,
+    ctl: &Control,
+) -> Option<String> {
+    loop {
+        let valid: Vec<String> = choices
+            .borrow_and_update()
+            .iter()
+            .filter(|a| match check_tcp_address(a) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(nsqd = %a, error = %e, "skipping an nsqd address that is not valid");
+                    false
+                }
+            })
+            .cloned()
+            .collect();
+        if !valid.is_empty() {
+            let at = valid.iter().position(|a| a == addr);
+            return Some(match at {
+                Some(i) if failed => valid[(i + 1) % valid.len()].clone(),
+                Some(i) => valid[i].clone(),
+                None => valid[0].clone(),
+            });
+        }
+        if ctl.closed.load(Ordering::SeqCst) {
+            return None;
+        }
+        tokio::select! {
+            changed = choices.changed() => {
+                if changed.is_err() && choices.borrow().is_empty() {
+                    return None;
+                }
+            }
+            _ = ctl.close_now.notified() => return None,
+        }
+    }
 }
 
 enum PumpEnd {

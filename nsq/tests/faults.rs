@@ -361,3 +361,52 @@ async fn close_sends_cls_and_leaves_nothing_in_flight() {
     );
     producer.close().await;
 }
+
+/// `Producer::connect_any` follows a changing set: it waits while the set is empty, skips an
+/// address that refuses connections for the next one, and after its nsqd dies moves to an
+/// address of the set as it is then. Every publish that succeeded is on one of the nsqd.
+#[tokio::test]
+async fn connect_any_moves_to_a_listed_nsqd() {
+    init_logs();
+    let mut n1 = Nsqd::start().await;
+    let n2 = Nsqd::start().await;
+    for n in [&n1, &n2] {
+        n.create_channel("any", "c").await;
+    }
+    // A port nobody listens on: the first address refuses connections.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let (set, addrs) = tokio::sync::watch::channel(Vec::<String>::new());
+    let producer = Producer::connect_any(addrs, producer_config()).unwrap();
+    assert_eq!(producer.addr(), "", "no address yet");
+    set.send_replace(vec![dead.clone(), n1.tcp_address()]);
+    producer.publish("any", &b"one"[..]).await.unwrap();
+    assert_eq!(producer.addr(), n1.tcp_address());
+    let (_c1, mut m1) =
+        Consumer::new("any", "c", consumer_config(&[n1.tcp_address()], 10)).unwrap();
+    assert_eq!(
+        recv(&mut m1, Duration::from_secs(20)).await.body().as_ref(),
+        b"one"
+    );
+
+    // nsqd 1 dies and the set now lists nsqd 2 only.
+    set.send_replace(vec![n2.tcp_address()]);
+    n1.kill();
+    let (_c2, mut m2) =
+        Consumer::new("any", "c", consumer_config(&[n2.tcp_address()], 10)).unwrap();
+    // The publish that meets the dead connection may fail (ConnectionLost): publish until
+    // one succeeds. 30 s: the reconnect backoff is capped (see producer_config), so the
+    // producer reaches nsqd 2 in a few seconds even on a loaded machine.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match producer.publish("any", &b"two"[..]).await {
+            Ok(()) => break,
+            Err(e) => assert!(Instant::now() < deadline, "not republished in 30 s: {e}"),
+        }
+    }
+    assert_eq!(producer.addr(), n2.tcp_address());
+    assert_eq!(
+        recv(&mut m2, Duration::from_secs(20)).await.body().as_ref(),
+        b"two"
+    );
+    producer.close().await;
+}

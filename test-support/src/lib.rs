@@ -9,6 +9,7 @@
 //! - [`run_bin`] runs a binary with a clean environment (the command-line tests), and
 //!   [`cli`] holds the command-line checks every service repeats;
 //! - [`spawn_service`] builds and runs a service in the test's runtime, as its `main` does;
+//! - [`consul::ConsulAgent`] runs a real Consul dev agent (the pinned v1.13.9);
 //! - [`skip`] makes a test that cannot run here say so, in its output and in
 //!   `scripts/test.sh`'s summary.
 //!
@@ -29,6 +30,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use nsq::testkit::Nsqd;
+
+pub mod consul;
 
 /// How often [`wait_until`] polls.
 const POLL: Duration = Duration::from_millis(20);

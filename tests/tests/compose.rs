@@ -75,6 +75,8 @@ struct ComposeService {
     depends_on: DependsOn,
     healthcheck: Option<Healthcheck>,
     container_name: Option<String>,
+    #[serde(default)]
+    profiles: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -414,7 +416,7 @@ fn validate_compose(dir: &Path, file: &str) -> Result<(), String> {
     validate_compose_files(dir, &[file], &[])
 }
 
-/// Runs `<compose> -f <file>... --profile archive config -q` in `dir` with `env` (and no
+/// Runs `<compose> -f <file>... --profile archive --profile consul config -q` in `dir` with `env` (and no
 /// `COMPOSE_*` or `NSQ_AUTH_HTTP_ADDRESS` of ours): Ok, or the validator's complaint.
 fn validate_compose_files(dir: &Path, files: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
     let mut cmd = compose_validator();
@@ -423,7 +425,14 @@ fn validate_compose_files(dir: &Path, files: &[&str], env: &[(&str, &str)]) -> R
         cmd.args(["-f", file]);
     }
     let out = cmd
-        .args(["--profile", "archive", "config", "-q"])
+        .args([
+            "--profile",
+            "archive",
+            "--profile",
+            "consul",
+            "config",
+            "-q",
+        ])
         .env_remove("COMPOSE_FILE")
         .env_remove("COMPOSE_PROFILES")
         .env_remove("NSQ_AUTH_HTTP_ADDRESS")
@@ -662,8 +671,63 @@ fn compose_file_and_dockerfile_keep_the_deployment_rules() {
         "services for each of {TARGETS:?}"
     );
 
+    // Profile `consul`: the pinned open-source Consul, its UI on the host, NSQ's daemons
+    // registered by definitions with checks on their /ping, and a worker given nothing but
+    // the agent's address.
+    let consul = services.get("consul").expect("a consul service");
+    assert_eq!(consul.profiles, ["consul"]);
+    assert_eq!(consul.image.as_deref(), Some("hashicorp/consul:1.13.9"));
+    assert!(consul.healthcheck.is_some(), "consul needs a health check");
+    assert!(
+        consul.ports().contains(&(Some(8500), 8500)),
+        "the UI on 8500"
+    );
+    let config = consul
+        .mounts()
+        .into_iter()
+        .find(|(_, target)| target == "/consul/config")
+        .expect("the service definitions at /consul/config");
+    let definitions = std::fs::read_to_string(
+        repo_root()
+            .join(config.0.trim_start_matches("./"))
+            .join("nsq.hcl"),
+    )
+    .unwrap();
+    for (name, ping) in [
+        ("nsqlookupd", "http://nsqlookupd:4161/ping"),
+        ("nsqd", "http://nsqd:4151/ping"),
+        ("nsqadmin", "http://nsqadmin:4171/ping"),
+    ] {
+        assert!(
+            definitions.contains(&format!("name    = \"{name}\""))
+                && definitions.contains(&format!("http     = \"{ping}\"")),
+            "consul/compose/nsq.hcl must register {name} with a check on {ping}"
+        );
+    }
+    let with_consul: Vec<_> = services
+        .iter()
+        .filter(|(_, s)| s.profiles.iter().any(|p| p == "consul") && s.target().is_some())
+        .collect();
+    assert!(
+        !with_consul.is_empty(),
+        "a service of the suite in the consul profile"
+    );
+    for (name, s) in with_consul {
+        let vars: Vec<String> = s.env().into_iter().map(|(k, _)| k).collect();
+        assert!(
+            vars.iter().any(|v| v.ends_with("_CONSUL_HTTP_ADDRESS")),
+            "{name}: no Consul address"
+        );
+        assert!(
+            !vars
+                .iter()
+                .any(|v| v.contains("LOOKUPD") || v.contains("NSQD")),
+            "{name} must find NSQ through Consul only: {vars:?}"
+        );
+    }
+
     let ignore = std::fs::read_to_string(repo_root().join(".dockerignore")).unwrap();
-    for heavy in ["target", ".git", ".nsq-bin", ".venv"] {
+    for heavy in ["target", ".git", ".nsq-bin", ".consul-bin", ".venv"] {
         assert!(
             ignore.lines().any(|l| l.trim() == heavy),
             ".dockerignore must list {heavy}"
@@ -755,7 +819,13 @@ fn every_environment_variable_is_read_by_its_service() {
         // Inside a container, loopback is the container itself: an address the service
         // connects to (a default such as 127.0.0.1:4150 included) must name another service,
         // and an optional one left unset would fall back to such a default.
+        // Consul settings left unset turn Consul off (or, for its service address, mean the
+        // container's host name); with Consul on, an unset nsqd address is one Consul lists.
+        let consul_on = printed.contains_key("consul_http_address");
         for key in &unset {
+            if key.starts_with("consul_") || (consul_on && key.ends_with("nsqd_tcp_address")) {
+                continue;
+            }
             assert!(
                 !key.ends_with("address"),
                 "{name}: {key} is not set, so {target} would use its default, which in a \
@@ -1070,7 +1140,12 @@ async fn compose_topology_runs_natively() {
             "{var} is set in the test's environment: the services would read it too"
         );
     }
-    let compose = compose();
+    let mut compose = compose();
+    // The `consul` profile runs against a real Consul in tests/tests/consul.rs; here the
+    // topology runs without it, as `docker compose up` does.
+    compose
+        .services
+        .retain(|_, s| !s.profiles.iter().any(|p| p == "consul"));
     let stages = dockerfile();
     let dir = tempfile::tempdir().unwrap();
     let mut net = Loopback {

@@ -25,6 +25,8 @@
 //!   of the suite has.
 //! * [`shutdown`]: a [`CancellationToken`](shutdown::CancellationToken) cancelled on SIGTERM
 //!   or SIGINT, and the single-threaded [`runtime`](shutdown::runtime) the services run on.
+//! * [`consul`]: optional service discovery: registration with a check on `/ready`, and the
+//!   nsqlookupd and nsqd addresses found by name ([`ConsulArgs`](consul::ConsulArgs)).
 //! * [`healthcheck`]: the blocking probe behind `<service> healthcheck`, for images without
 //!   curl.
 //! * [`service`]: [`main`](service::main), the whole `main` of a service (parse, then print
@@ -47,6 +49,7 @@
 pub mod addr;
 pub mod cli;
 pub mod config;
+pub mod consul;
 pub mod exit;
 pub mod healthcheck;
 pub mod http;

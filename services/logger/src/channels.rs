@@ -7,8 +7,8 @@
 //! `--summary-interval` the logger asks the nsqd that nsqlookupd lists for its topic, adds the
 //! channels to its summary line (`results channels: logger 0 (1 client), archive 7274 (no
 //! client)`), sets the gauges `nsq_suite_channel_depth` and `nsq_suite_channel_clients`, and
-//! warns about a channel with messages and no client. Without `--lookupd-http-address` the
-//! nsqd HTTP ports are unknown and this is off.
+//! warns about a channel with messages and no client. Without nsqlookupd (from
+//! `--lookupd-http-address` or Consul) the nsqd HTTP ports are unknown and this is off.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -114,23 +114,52 @@ struct ChannelStats {
 #[derive(Debug, Clone)]
 pub struct ChannelWatch {
     client: reqwest::Client,
+    /// `--lookupd-http-address` (base URLs).
     lookupds: Vec<String>,
+    /// The passing nsqlookupd in Consul (`host:port`), with `--consul-http-address`.
+    consul: Option<tokio::sync::watch::Receiver<Vec<String>>>,
     topic: String,
 }
 
 impl ChannelWatch {
-    /// A watch of `topic` through the nsqlookupd base URLs `lookupds` (`http://host:port`);
-    /// `None` when there is none.
-    pub fn new(lookupds: Vec<String>, topic: &str) -> Option<ChannelWatch> {
-        if lookupds.is_empty() {
+    /// A watch of `topic` through the nsqlookupd base URLs `lookupds` (`http://host:port`)
+    /// and those Consul lists (`consul`); `None` when there is neither.
+    pub fn new(
+        lookupds: Vec<String>,
+        consul: Option<tokio::sync::watch::Receiver<Vec<String>>>,
+        topic: &str,
+    ) -> Option<ChannelWatch> {
+        if lookupds.is_empty() && consul.is_none() {
             return None;
         }
         let client = reqwest::Client::builder().timeout(TIMEOUT).build().ok()?;
         Some(ChannelWatch {
             client,
             lookupds,
+            consul,
             topic: topic.to_owned(),
         })
+    }
+
+    /// The nsqlookupd base URLs to ask now.
+    fn lookupd_urls(&self) -> Vec<String> {
+        let found: Vec<String> = self
+            .consul
+            .as_ref()
+            .map(|rx| {
+                rx.borrow()
+                    .iter()
+                    .map(|a| {
+                        if a.starts_with("http://") {
+                            a.clone()
+                        } else {
+                            format!("http://{a}")
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        suite_common::consul::union(&self.lookupds, &found)
     }
 
     /// GETs `url` and parses at most [`MAX_BODY`] bytes of JSON.
@@ -159,7 +188,7 @@ impl ChannelWatch {
     pub async fn look(&self) -> Result<Channels, String> {
         let mut nodes = Vec::new();
         let mut errors = Vec::new();
-        for lookupd in &self.lookupds {
+        for lookupd in &self.lookupd_urls() {
             let url = format!("{lookupd}/lookup?topic={}", self.topic);
             match self.get::<Lookup>(&url).await {
                 Ok(lookup) => {

@@ -14,6 +14,7 @@ use suite_common::{
     addr::{HostPort, ListenAddr},
     cli::{ConsumerArgs, LogArgs, ServiceConfig},
     config::ConfigError,
+    consul::ConsulArgs,
     security::NsqSecurityArgs,
     setting::{at_least_one, non_empty, Channel, HumanDuration, Invalid, Parse, Topic},
 };
@@ -210,6 +211,11 @@ pub struct Config {
     #[serde(flatten)]
     pub nsq: NsqSecurityArgs,
 
+    /// Service discovery with Consul (off unless --consul-http-address is given).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub consul: ConsulArgs,
+
     /// Logging.
     #[command(flatten)]
     #[serde(flatten)]
@@ -259,17 +265,32 @@ fn replay_max_attempts(text: &str) -> Result<u32, Invalid> {
 impl Config {
     /// Checks the rules that involve several settings, naming the flags.
     pub fn check(&self) -> Result<(), ConfigError> {
-        self.consumer.require_source("logger", ENV_PREFIX)?;
-        self.nsq.resolve().map(drop)
+        if !self.consul.enabled() {
+            self.consumer.require_source("logger", ENV_PREFIX)?;
+        }
+        self.nsq.resolve()?;
+        self.consul.resolve().map(drop)
     }
 
     /// nsqd the replay requests are published to: `--replay-nsqd-tcp-address`, else the
     /// first `--nsqd-tcp-address`, else [`DEFAULT_REPLAY_NSQD`].
     pub fn replay_nsqd(&self) -> String {
-        self.replay_nsqd_tcp_address
+        self.fixed_replay_nsqd()
+            .unwrap_or_else(|| DEFAULT_REPLAY_NSQD.to_owned())
+    }
+
+    /// [`Config::replay_nsqd`] when an address is given; `None` when none is given and Consul
+    /// is on (Consul's nsqd is used).
+    pub fn fixed_replay_nsqd(&self) -> Option<String> {
+        let given = self
+            .replay_nsqd_tcp_address
             .as_ref()
             .or(self.consumer.nsqd_tcp_address.first())
-            .map_or_else(|| DEFAULT_REPLAY_NSQD.to_owned(), ToString::to_string)
+            .map(ToString::to_string);
+        match given {
+            None if !self.consul.enabled() => Some(DEFAULT_REPLAY_NSQD.to_owned()),
+            other => other,
+        }
     }
 
     /// The loss list file: `--lost-output`, else beside `--output` (`None` with stdout:

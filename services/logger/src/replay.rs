@@ -115,6 +115,7 @@ impl Replay {
     /// Starts the consumers and the producer (they connect in the background).
     pub fn start(
         settings: Arc<Config>,
+        discovery: Option<&suite_common::consul::Discovery>,
         gaps: Arc<Mutex<Gaps>>,
         losses: LossList,
     ) -> anyhow::Result<Self> {
@@ -133,20 +134,24 @@ impl Replay {
             output_buffer_timeout: settings.consumer.output_buffer_timeout(),
             ..ConsumerConfig::default()
         };
-        let (status, status_msgs) = Consumer::new(
+        let (status, status_msgs) = suite_common::consul::consumer(
+            discovery,
             &settings.status_topic,
             &settings.channel,
             consumer_config.clone(),
         )
         .context("starting the status consumer")?;
-        let (unavailable, unavailable_msgs) = Consumer::new(
+        let (unavailable, unavailable_msgs) = suite_common::consul::consumer(
+            discovery,
             &settings.replay_unavailable_topic,
             &settings.channel,
             consumer_config,
         )
         .context("starting the replay-unavailable consumer")?;
-        let producer = Producer::connect(
-            &settings.replay_nsqd(),
+        let producer = suite_common::consul::producer(
+            discovery,
+            settings.fixed_replay_nsqd(),
+            crate::config::DEFAULT_REPLAY_NSQD,
             ProducerConfig {
                 connection,
                 publish_timeout: PUBLISH_TIMEOUT,
@@ -162,7 +167,9 @@ impl Replay {
         tracing::info!(
             status_topic = %settings.status_topic,
             replay_topic = %settings.replay_topic,
-            replay_nsqd = %settings.replay_nsqd(),
+            replay_nsqd = %settings
+                .fixed_replay_nsqd()
+                .unwrap_or_else(|| "from Consul".to_owned()),
             unavailable_topic = %settings.replay_unavailable_topic,
             grace = ?settings.gaps().grace,
             max_attempts = settings.gaps().max_attempts,

@@ -22,6 +22,7 @@ use anyhow::Context as _;
 use axum::{extract::State, routing::get, Json, Router};
 use nsq::{ConnectionConfig, Consumer, ConsumerConfig, Message};
 use suite_common::{
+    consul::{self, Discovery, Registration},
     http::{self, HttpServer, Readiness},
     service::Base,
     shutdown::CancellationToken,
@@ -69,6 +70,8 @@ pub struct Application {
     http: HttpServer,
     /// All HTTP routes.
     router: Router,
+    /// Consul, with --consul-http-address: registration, nsqlookupd and nsqd by name.
+    discovery: Option<Arc<Discovery>>,
 }
 
 impl std::fmt::Debug for Application {
@@ -154,6 +157,7 @@ impl Application {
                         enabled: settings.detect_gaps,
                     }),
             );
+        let discovery = Discovery::from_args(&settings.consul)?.map(Arc::new);
         tracing::info!(
             http_address = %http.local_addr(),
             logger_id = %settings.logger_id,
@@ -172,6 +176,7 @@ impl Application {
             losses,
             http,
             router,
+            discovery,
         })
     }
 
@@ -204,15 +209,22 @@ impl Application {
             losses,
             http,
             router,
+            discovery,
         } = self;
         let connection = s.nsq.resolve()?;
         // The replay machinery first: if it cannot start, nothing else was started; if the
         // consumer then cannot start, the replay machinery is closed again.
         let mut replay = match losses {
-            Some(losses) => Some(Replay::start(Arc::clone(&s), gaps, losses)?),
+            Some(losses) => Some(Replay::start(
+                Arc::clone(&s),
+                discovery.as_deref(),
+                gaps,
+                losses,
+            )?),
             None => None,
         };
-        let started_consumer = Consumer::new(
+        let started_consumer = consul::consumer(
+            discovery.as_deref(),
             &s.topic,
             &s.channel,
             ConsumerConfig {
@@ -247,23 +259,37 @@ impl Application {
         }
 
         let stop_http = CancellationToken::new();
+        let http_addr = http.local_addr();
         let http_task = tokio::spawn(http.run(router, stop_http.clone().cancelled_owned()));
+        if let Some(discovery) = &discovery {
+            discovery.keep_registered(Registration::new(
+                SERVICE,
+                &s.logger_id,
+                http_addr,
+                &s.consul,
+            ));
+        }
         let sampler = tokio::spawn(sample(
             consumer.clone(),
             readiness.clone(),
             Arc::clone(&writable),
+            discovery.clone(),
             Arc::clone(&s),
         ));
         // The topic's channels (depth, clients), for the summary line and the gauges.
         let channels = Arc::new(Mutex::new(Channels::new()));
-        let channel_watch = ChannelWatch::new(s.consumer.lookupd_urls(), &s.topic).map(|watch| {
-            channels::describe();
-            tokio::spawn(channels::run(
-                watch,
-                s.summary_interval.get(),
-                Arc::clone(&channels),
-            ))
-        });
+        let consul_lookupds = discovery
+            .as_ref()
+            .map(|d| d.watch(suite_common::consul::Watched::Nsqlookupd));
+        let channel_watch = ChannelWatch::new(s.consumer.lookupd_urls(), consul_lookupds, &s.topic)
+            .map(|watch| {
+                channels::describe();
+                tokio::spawn(channels::run(
+                    watch,
+                    s.summary_interval.get(),
+                    Arc::clone(&channels),
+                ))
+            });
         let mut summary = tokio::time::interval_at(
             tokio::time::Instant::now() + s.summary_interval.get(),
             s.summary_interval.get(),
@@ -315,6 +341,9 @@ impl Application {
         if let Some(e) = failure {
             tracing::error!(error = %format!("{e:#}"), "stopping: the output cannot be trusted");
             readiness.set_not_ready("failed");
+            if let Some(discovery) = &discovery {
+                discovery.deregister().await;
+            }
             consumer.close_and_requeue(messages).await;
             stop_http.cancel();
             let _ = http_task.await;
@@ -324,6 +353,9 @@ impl Application {
             let _ = closing.await;
         }
         readiness.set_not_ready("stopped");
+        if let Some(discovery) = &discovery {
+            discovery.deregister().await;
+        }
         log_summary(&workers, started, &s.topic, &channels);
         stop_http.cancel();
         match http_task.await {
@@ -503,6 +535,7 @@ async fn sample(
     consumer: Consumer,
     readiness: Readiness,
     writable: Arc<AtomicBool>,
+    discovery: Option<Arc<Discovery>>,
     s: Arc<Config>,
 ) {
     let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
@@ -531,6 +564,8 @@ async fn sample(
             ));
         } else if !writable.load(Ordering::Relaxed) {
             readiness.set_not_ready("the output is not writable (see the logs)");
+        } else if let Some(problem) = discovery.as_ref().and_then(|d| d.problem()) {
+            readiness.set_not_ready(problem);
         } else {
             readiness.set_ready();
         }

@@ -25,16 +25,15 @@
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use messages::EpochComplete;
-use nsq::{Consumer, ConsumerConfig, Message, Messages};
+use nsq::{Consumer, Message, Messages};
 use suite_common::{log_limit::LogLimiter, shutdown::CancellationToken};
 use tokio::sync::watch;
 
-use crate::{config::Config, replay::channel_name};
-
-/// Announcements handled at once (each is finished at once).
-const MAX_IN_FLIGHT: u32 = 10;
+use crate::{
+    config::Config,
+    replay::{channel_name, subscribe},
+};
 
 /// Who announced what for this epoch: the highest final seq announced complete, and by which
 /// logger (`None` before any announcement).
@@ -69,30 +68,18 @@ impl CompleteWatch {
     /// background); returns the watcher and what it learns.
     pub fn start(
         settings: &Arc<Config>,
+        discovery: Option<&suite_common::consul::Discovery>,
         epoch: u64,
         connection: nsq::ConnectionConfig,
     ) -> anyhow::Result<(Self, watch::Receiver<Completed>)> {
         let channel = channel_name(&settings.sensor_id, epoch);
-        let nsqd = if settings.lookupd_http_address.is_empty() {
-            vec![settings.nsqd_tcp_address.to_string()]
-        } else {
-            Vec::new()
-        };
-        let (consumer, messages) = Consumer::new(
+        let (consumer, messages) = subscribe(
+            settings,
+            discovery,
             &settings.complete_topic,
             &channel,
-            ConsumerConfig {
-                connection,
-                nsqd_tcp_addresses: nsqd,
-                lookupd_http_addresses: settings.lookupd_urls(),
-                lookupd_poll_interval: settings.lookupd_poll_interval.get(),
-                max_in_flight: MAX_IN_FLIGHT,
-                max_attempts: 0,
-                output_buffer_timeout: settings.flush.output_buffer_timeout(),
-                ..ConsumerConfig::default()
-            },
-        )
-        .with_context(|| format!("subscribing to {} on {channel}", settings.complete_topic))?;
+            connection,
+        )?;
         let (completed, rx) = watch::channel(None);
         Ok((
             Self {

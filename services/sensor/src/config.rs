@@ -11,6 +11,7 @@ use serde::Serialize;
 use suite_common::{
     addr::{HostPort, ListenAddr, LookupdAddr},
     cli::{FlushArgs, LogArgs, ServiceConfig},
+    consul::ConsulArgs,
     security::NsqSecurityArgs,
     setting::{at_least_one, message_id, HumanDuration, Invalid, Parse, Topic},
 };
@@ -20,6 +21,9 @@ pub const ENV_PREFIX: &str = "SENSOR";
 
 /// Default `--http-address` (NSQ's own daemons use 415x/416x/417x; the suite uses 419x).
 pub const DEFAULT_HTTP_ADDRESS: &str = "127.0.0.1:4190";
+
+/// The nsqd the readings go to when neither `--nsqd-tcp-address` nor Consul says.
+pub const DEFAULT_NSQD: &str = "127.0.0.1:4150";
 
 /// Largest `--values`: keeps one reading far below nsqd's default 1 MiB message limit.
 pub const MAX_VALUES: u32 = 10_000;
@@ -37,9 +41,10 @@ pub type Cli = suite_common::cli::Cli<Config>;
 /// The sensor's settings, as parsed and as printed by `--print-config`.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args, Serialize)]
 pub struct Config {
-    /// nsqd TCP address to publish to
-    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:4150")]
-    pub nsqd_tcp_address: HostPort,
+    /// nsqd TCP address to publish to (unset: with --consul-http-address a passing nsqd from
+    /// Consul, else 127.0.0.1:4150)
+    #[arg(long, value_name = "HOST:PORT")]
+    pub nsqd_tcp_address: Option<HostPort>,
 
     /// Topic of the readings
     #[arg(long, value_name = "TOPIC", default_value = messages::SENSOR_DATA_TOPIC)]
@@ -140,6 +145,11 @@ pub struct Config {
     #[serde(flatten)]
     pub nsq: NsqSecurityArgs,
 
+    /// Service discovery with Consul (off unless --consul-http-address is given).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub consul: ConsulArgs,
+
     /// Logging.
     #[command(flatten)]
     #[serde(flatten)]
@@ -171,6 +181,16 @@ impl Config {
     /// them from `nsqd_tcp_address`.
     pub fn lookupd_urls(&self) -> Vec<String> {
         suite_common::addr::lookupd_urls(&self.lookupd_http_address)
+    }
+
+    /// The nsqd the readings go to, when fixed: `--nsqd-tcp-address`, else (without Consul)
+    /// [`DEFAULT_NSQD`]; `None` with Consul and no address given (Consul's nsqd).
+    pub fn nsqd(&self) -> Option<String> {
+        match &self.nsqd_tcp_address {
+            Some(addr) => Some(addr.to_string()),
+            None if self.consul.enabled() => None,
+            None => Some(DEFAULT_NSQD.to_owned()),
+        }
     }
 
     /// Bounded wait for the outbox at shutdown.
@@ -209,7 +229,7 @@ mod tests {
     fn defaults_are_valid() {
         let config = load(&[], &[]).unwrap();
         assert_eq!(config, Config::default());
-        assert_eq!(config.nsqd_tcp_address.to_string(), "127.0.0.1:4150");
+        assert_eq!(config.nsqd().as_deref(), Some(DEFAULT_NSQD));
         assert_eq!(&*config.topic, "sensor_data");
         assert_eq!(config.rate, 10);
         assert_eq!(config.values, 3);

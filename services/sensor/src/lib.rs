@@ -52,7 +52,7 @@
 //! # async fn example() -> anyhow::Result<()> {
 //! use suite_common::service::Service as _; // http_addr
 //! let config = sensor::Config {
-//!     nsqd_tcp_address: "127.0.0.1:4150".parse()?,
+//!     nsqd_tcp_address: Some("127.0.0.1:4150".parse()?),
 //!     count: Some(100),
 //!     http_address: "127.0.0.1:0".parse()?,
 //!     ..sensor::Config::default()

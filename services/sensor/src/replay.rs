@@ -40,8 +40,41 @@ use crate::{
 /// Delay before a request that could not be answered is delivered again.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
 
-/// Requests handled at once (they are answered one after the other).
+/// Messages handled at once by the sensor's consumers of its epoch's topics (replay
+/// requests are answered one after the other; complete announcements are finished at once).
 const MAX_IN_FLIGHT: u32 = 10;
+
+/// Subscribes to `topic` on the sensor epoch's ephemeral `channel`: through nsqlookupd (fixed,
+/// or from Consul with `discovery`), else from the nsqd the readings go to. Connects in the
+/// background.
+pub(crate) fn subscribe(
+    settings: &Config,
+    discovery: Option<&suite_common::consul::Discovery>,
+    topic: &str,
+    channel: &str,
+    connection: nsq::ConnectionConfig,
+) -> anyhow::Result<(nsq::Consumer, nsq::Messages)> {
+    let nsqd = match settings.nsqd() {
+        Some(nsqd) if settings.lookupd_http_address.is_empty() => vec![nsqd],
+        _ => Vec::new(),
+    };
+    suite_common::consul::consumer(
+        discovery,
+        topic,
+        channel,
+        ConsumerConfig {
+            connection,
+            nsqd_tcp_addresses: nsqd,
+            lookupd_http_addresses: settings.lookupd_urls(),
+            lookupd_poll_interval: settings.lookupd_poll_interval.get(),
+            max_in_flight: MAX_IN_FLIGHT,
+            max_attempts: 0,
+            output_buffer_timeout: settings.flush.output_buffer_timeout(),
+            ..ConsumerConfig::default()
+        },
+    )
+    .with_context(|| format!("subscribing to {topic} on {channel}"))
+}
 
 /// Longest channel name nsqd accepts.
 const MAX_CHANNEL_LEN: usize = 64;
@@ -103,32 +136,20 @@ impl Responder {
     /// background).
     pub fn start(
         settings: Arc<Config>,
+        discovery: Option<&suite_common::consul::Discovery>,
         epoch: u64,
         history: Arc<Mutex<History>>,
         producer: Producer,
         connection: nsq::ConnectionConfig,
     ) -> anyhow::Result<Self> {
         let channel = channel_name(&settings.sensor_id, epoch);
-        let nsqd = if settings.lookupd_http_address.is_empty() {
-            vec![settings.nsqd_tcp_address.to_string()]
-        } else {
-            Vec::new()
-        };
-        let (consumer, messages) = Consumer::new(
+        let (consumer, messages) = subscribe(
+            &settings,
+            discovery,
             &settings.replay_topic,
             &channel,
-            ConsumerConfig {
-                connection,
-                nsqd_tcp_addresses: nsqd,
-                lookupd_http_addresses: settings.lookupd_urls(),
-                lookupd_poll_interval: settings.lookupd_poll_interval.get(),
-                max_in_flight: MAX_IN_FLIGHT,
-                max_attempts: 0,
-                output_buffer_timeout: settings.flush.output_buffer_timeout(),
-                ..ConsumerConfig::default()
-            },
-        )
-        .with_context(|| format!("subscribing to {} on {channel}", settings.replay_topic))?;
+            connection,
+        )?;
         m::describe_replay();
         tracing::info!(
             topic = %settings.replay_topic,

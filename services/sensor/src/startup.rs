@@ -16,11 +16,11 @@ use anyhow::Context as _;
 use nsq::{ConnectionConfig, ConnectionState, Producer, ProducerConfig};
 use suite_common::{
     config::ConfigError,
+    consul::{self, ConsulHealth, Discovery, Registration},
     http::{self, HttpServer, Readiness},
     service::Base,
     shutdown::CancellationToken,
 };
-use tokio::sync::watch;
 
 use crate::{
     complete::CompleteWatch,
@@ -43,6 +43,8 @@ pub struct Application {
     epoch: u64,
     /// The nsqd producer (already connecting).
     producer: Producer,
+    /// Consul, with --consul-http-address: registration, nsqlookupd and nsqd by name.
+    discovery: Option<Arc<Discovery>>,
     /// Recent readings, shared by the loop and `GET /readings`.
     history: Arc<Mutex<History>>,
     /// What `/ready` reports: ready while the producer is connected.
@@ -72,6 +74,7 @@ impl Application {
     /// when the HTTP port cannot be bound or the metrics recorder installed.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.nsq.resolve()?;
+        let discovery = Discovery::from_args(&config.consul)?.map(Arc::new);
         let settings = Arc::new(config);
         let Base {
             readiness,
@@ -81,15 +84,20 @@ impl Application {
             SERVICE,
             &settings.sensor_id,
             &*settings,
-            format!("connecting to nsqd {}", settings.nsqd_tcp_address),
+            match settings.nsqd() {
+                Some(nsqd) => format!("connecting to nsqd {nsqd}"),
+                None => "waiting for Consul to list an nsqd".to_owned(),
+            },
         )
         .await?;
         m::describe();
         m::register(&settings.topic, &settings.status_topic);
 
         let epoch = unix_millis();
-        let producer = Producer::connect(
-            &settings.nsqd_tcp_address.to_string(),
+        let producer = consul::producer(
+            discovery.as_deref(),
+            settings.nsqd(),
+            crate::config::DEFAULT_NSQD,
             ProducerConfig {
                 connection: connection_config(&settings)?,
                 ..ProducerConfig::default()
@@ -116,6 +124,7 @@ impl Application {
             settings,
             epoch,
             producer,
+            discovery,
             history,
             readiness,
             http,
@@ -150,19 +159,29 @@ impl Application {
         F: Future<Output = ()> + Send + 'static,
     {
         let stop_http = CancellationToken::new();
+        let http_addr = self.http.local_addr();
         let http_task = tokio::spawn(
             self.http
                 .run(self.router, stop_http.clone().cancelled_owned()),
         );
+        if let Some(discovery) = &self.discovery {
+            discovery.keep_registered(Registration::new(
+                SERVICE,
+                &self.settings.sensor_id,
+                http_addr,
+                &self.settings.consul,
+            ));
+        }
         let readiness_task = tokio::spawn(track_producer(
-            self.producer.state(),
+            self.producer.clone(),
             self.readiness.clone(),
-            self.settings.nsqd_tcp_address.to_string(),
+            self.discovery.as_ref().map(|d| d.health()),
         ));
 
         let finishing = CancellationToken::new();
         let responder = Responder::start(
             Arc::clone(&self.settings),
+            self.discovery.as_deref(),
             self.epoch,
             Arc::clone(&self.history),
             self.producer.clone(),
@@ -174,6 +193,7 @@ impl Application {
             if self.settings.count.is_some() && !self.settings.linger.get().is_zero() {
                 let (watch, completed) = CompleteWatch::start(
                     &self.settings,
+                    self.discovery.as_deref(),
                     self.epoch,
                     connection_config(&self.settings)?,
                 )?;
@@ -202,6 +222,9 @@ impl Application {
 
         readiness_task.abort();
         self.readiness.set_not_ready("stopped");
+        if let Some(discovery) = &self.discovery {
+            discovery.deregister().await;
+        }
         stop_http.cancel();
         match http_task.await {
             Ok(Ok(())) => {}
@@ -234,24 +257,41 @@ fn connection_config(s: &Config) -> Result<ConnectionConfig, ConfigError> {
     }))
 }
 
-/// Keeps `/ready` and the connection gauge in line with the producer's connection.
+/// Keeps `/ready` and the connection gauge in line with the producer's connection (and,
+/// with Consul, with whether Consul answers).
 async fn track_producer(
-    mut state: watch::Receiver<ConnectionState>,
+    producer: Producer,
     readiness: Readiness,
-    addr: String,
+    mut consul: Option<ConsulHealth>,
 ) {
+    let mut state = producer.state();
     loop {
         let current = state.borrow_and_update().clone();
+        let addr = producer.addr();
         let connected = current == ConnectionState::Connected;
         metrics::gauge!(m::CONNECTIONS, "role" => "producer", "nsqd" => addr.clone())
             .set(if connected { 1.0 } else { 0.0 });
+        let consul_problem = consul.as_ref().and_then(ConsulHealth::problem);
         match current {
-            ConnectionState::Connected => readiness.set_ready(),
+            ConnectionState::Connected => match consul_problem {
+                Some(problem) => readiness.set_not_ready(problem),
+                None => readiness.set_ready(),
+            },
             ConnectionState::Closed => readiness.set_not_ready("stopping"),
+            _ if addr.is_empty() => readiness.set_not_ready(
+                consul_problem.unwrap_or_else(|| "waiting for Consul to list an nsqd".to_owned()),
+            ),
             other => readiness.set_not_ready(http::producer_reason(&other, &addr)),
         }
-        if state.changed().await.is_err() {
-            return;
+        let consul_changed = async {
+            match consul.as_mut() {
+                Some(health) => health.changed().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            changed = state.changed() => if changed.is_err() { return },
+            () = consul_changed => {}
         }
     }
 }

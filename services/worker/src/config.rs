@@ -13,6 +13,7 @@ use suite_common::{
     addr::{HostPort, ListenAddr},
     cli::{ConsumerArgs, LogArgs, ServiceConfig},
     config::ConfigError,
+    consul::ConsulArgs,
     security::NsqSecurityArgs,
     setting::{message_id, Channel, HumanDuration, Invalid, Parse, Topic},
 };
@@ -22,6 +23,9 @@ pub const ENV_PREFIX: &str = "WORKER";
 
 /// Default `--http-address`.
 pub const DEFAULT_HTTP_ADDRESS: &str = "127.0.0.1:4191";
+
+/// The nsqd the results go to when neither `--destination-nsqd-tcp-address` nor Consul says.
+pub const DEFAULT_NSQD: &str = "127.0.0.1:4150";
 
 /// Text after the flags in `--help`: the layering and the staleness policies.
 const AFTER_HELP: &str = "\
@@ -78,9 +82,10 @@ pub struct Config {
     #[arg(long, value_name = "TOPIC", default_value = messages::RESULTS_TOPIC)]
     pub destination_topic: Topic,
 
-    /// nsqd TCP address the results (and dead letters) are published to
-    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:4150")]
-    pub destination_nsqd_tcp_address: HostPort,
+    /// nsqd TCP address the results (and dead letters) are published to (unset: with
+    /// --consul-http-address a passing nsqd from Consul, else 127.0.0.1:4150)
+    #[arg(long, value_name = "HOST:PORT")]
+    pub destination_nsqd_tcp_address: Option<HostPort>,
 
     /// Simulated computation time per message, in milliseconds
     #[arg(long, value_name = "MS", default_value_t = 0)]
@@ -124,6 +129,11 @@ pub struct Config {
     #[serde(flatten)]
     pub nsq: NsqSecurityArgs,
 
+    /// Service discovery with Consul (off unless --consul-http-address is given).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub consul: ConsulArgs,
+
     /// Logging.
     #[command(flatten)]
     #[serde(flatten)]
@@ -156,8 +166,11 @@ fn max_age(text: &str) -> Result<HumanDuration, Invalid> {
 impl Config {
     /// Checks the rules that involve several settings, naming the flags.
     pub fn check(&self) -> Result<(), ConfigError> {
-        self.consumer.require_source("worker", ENV_PREFIX)?;
+        if !self.consul.enabled() {
+            self.consumer.require_source("worker", ENV_PREFIX)?;
+        }
         self.nsq.resolve()?;
+        self.consul.resolve()?;
         let dead = self.dead_letter_topic();
         if !nsq::is_valid_topic_name(&dead) {
             return Err(ConfigError::value(
@@ -169,6 +182,16 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The nsqd the results go to, when fixed: `--destination-nsqd-tcp-address`, else (without
+    /// Consul) [`DEFAULT_NSQD`]; `None` with Consul and no address given (Consul's nsqd).
+    pub fn destination_nsqd(&self) -> Option<String> {
+        match &self.destination_nsqd_tcp_address {
+            Some(addr) => Some(addr.to_string()),
+            None if self.consul.enabled() => None,
+            None => Some(DEFAULT_NSQD.to_owned()),
+        }
     }
 
     /// The dead-letter topic: `--dead-letter-topic`, else the consumed topic + `.dead`.
@@ -228,11 +251,32 @@ mod tests {
     }
 
     #[test]
+    fn consul_alone_is_enough_and_replaces_the_default_destination() {
+        let s = load(&[], &[("WORKER_CONSUL_HTTP_ADDRESS", "127.0.0.1:8500")]).unwrap();
+        assert!(s.consul.enabled());
+        assert_eq!(
+            s.destination_nsqd(),
+            None,
+            "Consul's nsqd, not 127.0.0.1:4150"
+        );
+        let s = settings(&[
+            "--consul-http-address=c:8500",
+            "--destination-nsqd-tcp-address=d:4150",
+        ])
+        .unwrap();
+        assert_eq!(s.destination_nsqd().as_deref(), Some("d:4150"));
+        let e = settings(&["--consul-token=t", "--nsqd-tcp-address=n:4150"]).unwrap_err();
+        assert!(e.contains("add --consul-http-address"), "{e}");
+        let e = settings(&[]).unwrap_err();
+        assert!(e.contains("at least one nsqlookupd or nsqd"), "{e}");
+    }
+
+    #[test]
     fn defaults() {
         let s = settings(&["--nsqd-tcp-address", "127.0.0.1:4150"]).unwrap();
         assert_eq!((&*s.topic, &*s.channel), ("sensor_data", "worker"));
         assert_eq!(&*s.destination_topic, "results");
-        assert_eq!(s.destination_nsqd_tcp_address.to_string(), "127.0.0.1:4150");
+        assert_eq!(s.destination_nsqd().as_deref(), Some(DEFAULT_NSQD));
         assert_eq!(s.dead_letter_topic(), "sensor_data.dead");
         assert_eq!((s.consumer.max_in_flight, s.max_attempts), (200, 5));
         assert_eq!(s.max_age(), None);

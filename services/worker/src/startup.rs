@@ -14,6 +14,7 @@ use anyhow::Context as _;
 use nsq::{ConnectionConfig, Consumer, ConsumerConfig, Producer, ProducerConfig};
 use suite_common::{
     config::ConfigError,
+    consul::{self, Discovery, Registration},
     http::{self, HttpServer, Readiness},
     service::Base,
     shutdown::CancellationToken,
@@ -37,6 +38,8 @@ pub struct Application {
     settings: Arc<Config>,
     /// Publishes results and dead letters (already connecting).
     producer: Producer,
+    /// Consul, with --consul-http-address: registration, nsqlookupd and nsqd by name.
+    discovery: Option<Arc<Discovery>>,
     /// What `/ready` reports: ready while consuming from at least one nsqd and the producer
     /// is connected.
     readiness: Readiness,
@@ -76,8 +79,11 @@ impl Application {
             &settings.channel,
             &settings.destination_topic,
         );
-        let producer = Producer::connect(
-            &settings.destination_nsqd_tcp_address.to_string(),
+        let discovery = Discovery::from_args(&settings.consul)?.map(Arc::new);
+        let producer = consul::producer(
+            discovery.as_deref(),
+            settings.destination_nsqd(),
+            crate::config::DEFAULT_NSQD,
             ProducerConfig {
                 connection: connection_config(&settings)?,
                 ..ProducerConfig::default()
@@ -94,6 +100,7 @@ impl Application {
         Ok(Self {
             settings,
             producer,
+            discovery,
             readiness,
             http,
             router,
@@ -117,7 +124,8 @@ impl Application {
         F: Future<Output = ()> + Send + 'static,
     {
         let s = Arc::clone(&self.settings);
-        let (consumer, mut messages) = Consumer::new(
+        let (consumer, mut messages) = consul::consumer(
+            self.discovery.as_deref(),
             &s.topic,
             &s.channel,
             ConsumerConfig {
@@ -137,14 +145,24 @@ impl Application {
         .context("starting the consumer")?;
 
         let stop_http = CancellationToken::new();
+        let http_addr = self.http.local_addr();
         let http_task = tokio::spawn(
             self.http
                 .run(self.router, stop_http.clone().cancelled_owned()),
         );
+        if let Some(discovery) = &self.discovery {
+            discovery.keep_registered(Registration::new(
+                SERVICE,
+                &s.worker_id,
+                http_addr,
+                &s.consul,
+            ));
+        }
         let sampler = tokio::spawn(sample(
             consumer.clone(),
             self.producer.clone(),
             self.readiness.clone(),
+            self.discovery.clone(),
             Arc::clone(&s),
         ));
 
@@ -192,6 +210,9 @@ impl Application {
         }
         sampler.abort();
         self.readiness.set_not_ready("stopped");
+        if let Some(discovery) = &self.discovery {
+            discovery.deregister().await;
+        }
         if tokio::time::timeout(CLOSE_TIMEOUT, self.producer.close())
             .await
             .is_err()
@@ -219,7 +240,13 @@ fn connection_config(s: &Config) -> Result<ConnectionConfig, ConfigError> {
 }
 
 /// Refreshes the connection and in-flight gauges and `/ready`, every [`SAMPLE_INTERVAL`].
-async fn sample(consumer: Consumer, producer: Producer, readiness: Readiness, s: Arc<Config>) {
+async fn sample(
+    consumer: Consumer,
+    producer: Producer,
+    readiness: Readiness,
+    discovery: Option<Arc<Discovery>>,
+    s: Arc<Config>,
+) {
     let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut known = BTreeSet::new();
@@ -236,11 +263,9 @@ async fn sample(consumer: Consumer, producer: Producer, readiness: Readiness, s:
             stats.nodes.iter().map(|n| (n.addr.as_str(), n.connected)),
             &mut known,
         );
-        metrics::gauge!(
-            m::CONNECTIONS,
-            "role" => "producer", "nsqd" => s.destination_nsqd_tcp_address.to_string()
-        )
-        .set(if producer_up { 1.0 } else { 0.0 });
+        let destination = producer.addr();
+        metrics::gauge!(m::CONNECTIONS, "role" => "producer", "nsqd" => destination.clone())
+            .set(if producer_up { 1.0 } else { 0.0 });
         metrics::gauge!(m::IN_FLIGHT, "topic" => s.topic.to_string(), "channel" => s.channel.to_string())
             .set(f64::from(stats.in_flight()));
         if connections == 0 {
@@ -251,13 +276,16 @@ async fn sample(consumer: Consumer, producer: Producer, readiness: Readiness, s:
                 reasons.describe()
             ));
         } else if !producer_up {
-            readiness.set_not_ready(format!(
-                "not connected to the destination nsqd: {}",
-                http::producer_reason(
-                    &producer.state().borrow(),
-                    &s.destination_nsqd_tcp_address.to_string()
+            readiness.set_not_ready(if destination.is_empty() {
+                "no destination nsqd yet: waiting for Consul to list one".to_owned()
+            } else {
+                format!(
+                    "not connected to the destination nsqd: {}",
+                    http::producer_reason(&producer.state().borrow(), &destination)
                 )
-            ));
+            });
+        } else if let Some(problem) = discovery.as_ref().and_then(|d| d.problem()) {
+            readiness.set_not_ready(problem);
         } else {
             readiness.set_ready();
         }

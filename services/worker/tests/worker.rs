@@ -17,7 +17,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_worker");
 
 fn config(nsqd: &Nsqd) -> Config {
     let mut config = Config {
-        destination_nsqd_tcp_address: nsqd.tcp_address().parse().unwrap(),
+        destination_nsqd_tcp_address: Some(nsqd.tcp_address().parse().unwrap()),
         worker_id: WORKER_ID.to_owned(),
         http_address: "127.0.0.1:0".parse().unwrap(),
         ..Config::default()
