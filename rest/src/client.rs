@@ -16,7 +16,7 @@ use crate::MAX_BODY_BYTES;
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
     /// Not reachable, timed out, or the connection broke.
-    #[error("{url}: {source}")]
+    #[error("{url}: {}", chain(source))]
     Transport {
         /// The URL called.
         url: String,
@@ -42,6 +42,19 @@ pub enum CallError {
         /// What was wrong with it.
         reason: String,
     },
+}
+
+/// An error with its causes, e.g. "error sending request: client error (Connect): tcp
+/// connect error: Connection refused (os error 111)": reqwest's own message alone does not
+/// say what went wrong.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text = format!("{text}: {e}");
+        cause = e.source();
+    }
+    text
 }
 
 /// The HTTP client of a service: connections kept open and reused, `timeout` on every

@@ -248,14 +248,38 @@ fn command_lines() {
     use test_support::cli::{exits_2, healthcheck_fails_when_nothing_listens, help_mentions};
     let bin = |name: &str| e2e::service_bin(name).display().to_string();
     let (sensor, worker, app) = (bin("rest-sensor"), bin("rest-worker"), bin("rest-app"));
-    help_mentions(&sensor, &["--push-to", "REST_SENSOR_RATE", "[default: 127.0.0.1:4290]"]);
-    help_mentions(&worker, &["--push-to", "REST_WORKER_WORK_MS", "[default: 2s]"]);
-    help_mentions(&app, &["--worker-url", "REST_APP_INTERVAL", "[default: 1s]"]);
+    help_mentions(
+        &sensor,
+        &["--push-to", "REST_SENSOR_RATE", "[default: 127.0.0.1:4290]"],
+    );
+    help_mentions(
+        &worker,
+        &["--push-to", "REST_WORKER_WORK_MS", "[default: 2s]"],
+    );
+    help_mentions(
+        &app,
+        &["--worker-url", "REST_APP_INTERVAL", "[default: 1s]"],
+    );
     for b in [&sensor, &worker, &app] {
         healthcheck_fails_when_nothing_listens(b);
     }
     exits_2(&app, &[], &[], Some("--sensor-url"));
-    exits_2(&app, &["--sensor-url", "127.0.0.1:1"], &[], Some("--worker-url"));
-    exits_2(&sensor, &["--push-to", "https://h:1"], &[], Some("--push-to"));
-    exits_2(&worker, &[], &[("REST_WORKER_WORK_MSS", "1")], Some("REST_WORKER_WORK_MS"));
+    exits_2(
+        &app,
+        &["--sensor-url", "127.0.0.1:1"],
+        &[],
+        Some("--worker-url"),
+    );
+    exits_2(
+        &sensor,
+        &["--push-to", "https://h:1"],
+        &[],
+        Some("--push-to"),
+    );
+    exits_2(
+        &worker,
+        &[],
+        &[("REST_WORKER_WORK_MSS", "1")],
+        Some("REST_WORKER_WORK_MS"),
+    );
 }
