@@ -23,11 +23,17 @@
 //!   history is bounded by `--history`, 100,000 readings, 20 s at 5,000/s) and once with
 //!   `--values 40` (bounded by `--history-bytes` instead), by default.
 //!
+//! - `rest` (not in the default set): the talk's REST version, pull and push, against the
+//!   suite with 2 workers: throughput, latency at 100/s and 1,000/s, readings lost, delayed and
+//!   duplicated when a worker or the app/logger is down for 5 s (see `rest.rs`). Writes
+//!   `rest.json` and `rest.md` (the README's table) into `--out`, a few minutes.
+//!
 //! Output: a table on stdout, `results.json` and two PNG plots in `--out`. Figures only; this
 //! program never fails on a timing.
 
 mod plot;
 mod procs;
+mod rest;
 mod sustained;
 
 use std::collections::BTreeMap;
@@ -49,7 +55,7 @@ use serde::Serialize;
 )]
 struct Cli {
     /// Modes to run, comma-separated: pipeline, reference, raw, latency, memory, and
-    /// sustained (not in the default set: it takes several minutes)
+    /// sustained and rest (not in the default set: each takes minutes)
     #[arg(
         long,
         value_delimiter = ',',
@@ -102,6 +108,20 @@ struct Cli {
     /// figure at the same W, else 20,000)
     #[arg(long)]
     sustained_start: Option<u64>,
+    /// rest mode: readings of each throughput run
+    #[arg(long, default_value_t = 50_000)]
+    rest_count: u64,
+    /// rest mode: seconds per latency rate (100/s and 1,000/s)
+    #[arg(long, default_value_t = 6)]
+    rest_seconds: u64,
+    /// rest mode: seconds of each fault run at 1,000/s (the fault starts a third of the way in
+    /// and lasts 5 s)
+    #[arg(long, default_value_t = 15)]
+    fault_seconds: u64,
+    /// rest mode: requests in flight at most from the REST driver (the pulling app, the
+    /// pushing sensor)
+    #[arg(long, default_value_t = 64)]
+    rest_concurrency: usize,
     /// Where results.json and the plots go
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,
@@ -186,11 +206,12 @@ async fn main() -> anyhow::Result<()> {
             "latency",
             "memory",
             "sustained",
+            "rest",
         ]
         .contains(&m.as_str())
         {
             anyhow::bail!(
-                "unknown mode {m:?}: use pipeline, reference, raw, latency, memory, sustained"
+                "unknown mode {m:?}: use pipeline, reference, raw, latency, memory, sustained, rest"
             );
         }
     }
@@ -229,6 +250,11 @@ async fn main() -> anyhow::Result<()> {
         }
         + if has("sustained") {
             2 * cli.workers.len()
+        } else {
+            0
+        }
+        + if has("rest") {
+            rest::Setup::ALL.len()
         } else {
             0
         };
@@ -345,7 +371,39 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
+    let mut rest_runs = Vec::new();
+    if has("rest") {
+        let options = rest::Options {
+            count: cli.rest_count,
+            seconds: cli.rest_seconds,
+            fault_seconds: cli.fault_seconds,
+            concurrency: cli.rest_concurrency,
+            values,
+        };
+        rest_runs = rest::run(&options, logs.path(), &bar).await?;
+    }
     bar.finish_with_message("done");
+
+    if !rest_runs.is_empty() {
+        let table = rest::table(&rest_runs);
+        println!(
+            "\nREST against the NSQ suite, 2 workers, {} cores:\n\n{table}",
+            results.cores
+        );
+        std::fs::write(cli.out.join("rest.md"), &table)?;
+        std::fs::write(
+            cli.out.join("rest.json"),
+            serde_json::to_string_pretty(&rest_runs)?,
+        )?;
+        println!(
+            "wrote {}, {}",
+            cli.out.join("rest.md").display(),
+            cli.out.join("rest.json").display()
+        );
+        if cli.modes.iter().all(|m| m == "rest") {
+            return Ok(()); // results.json and the plots are the other modes'
+        }
+    }
 
     print_table(&results);
     let json = cli.out.join("results.json");
@@ -400,35 +458,79 @@ fn start_services(
     dir: &Path,
     tag: &str,
 ) -> anyhow::Result<(Vec<Proc>, PathBuf)> {
-    let obs = format!("--output-buffer-size={output_buffer_size}");
     let output = dir.join(format!("{tag}-results.jsonl"));
-    let mut procs = Vec::new();
-    procs.push(Proc::spawn(
+    let mut procs = vec![spawn_logger(nsqd, output_buffer_size, &output, dir, tag)?];
+    for i in 0..workers {
+        procs.push(spawn_worker(nsqd, i, output_buffer_size, dir, tag)?);
+    }
+    Ok((procs, output))
+}
+
+/// The logger of [`start_services`], writing `output` (also to start it again).
+fn spawn_logger(
+    nsqd: &Nsqd,
+    output_buffer_size: i64,
+    output: &Path,
+    dir: &Path,
+    tag: &str,
+) -> anyhow::Result<Proc> {
+    Proc::spawn(
         "logger",
         &suite_bin("logger")?,
         &[
             format!("--nsqd-tcp-address={}", nsqd.tcp_address()),
             format!("--output={}", output.display()),
             "--http-address=127.0.0.1:0".into(),
-            obs.clone(),
+            format!("--output-buffer-size={output_buffer_size}"),
         ],
-        &dir.join(format!("{tag}-logger.log")),
-    )?);
-    for i in 0..workers {
-        procs.push(Proc::spawn(
-            &format!("worker-{i}"),
-            &suite_bin("worker")?,
-            &[
-                format!("--nsqd-tcp-address={}", nsqd.tcp_address()),
-                format!("--destination-nsqd-tcp-address={}", nsqd.tcp_address()),
-                format!("--worker-id=bench-w{i}"),
-                "--http-address=127.0.0.1:0".into(),
-                obs.clone(),
-            ],
-            &dir.join(format!("{tag}-worker-{i}.log")),
-        )?);
-    }
-    Ok((procs, output))
+        &dir.join(format!("{tag}-logger-{}.log", procs::stamp())),
+    )
+}
+
+/// Worker `i` of [`start_services`] (also to start it again).
+fn spawn_worker(
+    nsqd: &Nsqd,
+    i: usize,
+    output_buffer_size: i64,
+    dir: &Path,
+    tag: &str,
+) -> anyhow::Result<Proc> {
+    Proc::spawn(
+        &format!("worker-{i}"),
+        &suite_bin("worker")?,
+        &[
+            format!("--nsqd-tcp-address={}", nsqd.tcp_address()),
+            format!("--destination-nsqd-tcp-address={}", nsqd.tcp_address()),
+            format!("--worker-id=bench-w{i}"),
+            "--http-address=127.0.0.1:0".into(),
+            format!("--output-buffer-size={output_buffer_size}"),
+        ],
+        &dir.join(format!("{tag}-worker-{i}-{}.log", procs::stamp())),
+    )
+}
+
+/// A sensor taking `count` readings at `rate` (0: as fast as possible), logging to `log`.
+fn spawn_sensor(
+    nsqd: &Nsqd,
+    sensor_id: &str,
+    rate: u64,
+    count: u64,
+    values: u32,
+    log: &Path,
+) -> anyhow::Result<Proc> {
+    Proc::spawn(
+        "sensor",
+        &suite_bin("sensor")?,
+        &[
+            format!("--nsqd-tcp-address={}", nsqd.tcp_address()),
+            format!("--sensor-id={sensor_id}"),
+            format!("--rate={rate}"),
+            format!("--count={count}"),
+            format!("--values={values}"),
+            "--http-address=127.0.0.1:0".into(),
+        ],
+        log,
+    )
 }
 
 /// The pipeline with `workers` workers: `count` readings at full speed.
@@ -642,19 +744,8 @@ async fn latency(
         ));
         let count = rate * seconds;
         let sensor_id = format!("rate-{rate}");
-        let mut sensor = Proc::spawn(
-            "sensor",
-            &suite_bin("sensor")?,
-            &[
-                format!("--nsqd-tcp-address={}", nsqd.tcp_address()),
-                format!("--sensor-id={sensor_id}"),
-                format!("--rate={rate}"),
-                format!("--count={count}"),
-                format!("--values={values}"),
-                "--http-address=127.0.0.1:0".into(),
-            ],
-            &dir.join(format!("{tag}-sensor-{rate}.log")),
-        )?;
+        let log = dir.join(format!("{tag}-sensor-{rate}.log"));
+        let mut sensor = spawn_sensor(&nsqd, &sensor_id, rate, count, values, &log)?;
         let budget = Duration::from_secs(seconds * 3 + 30);
         let deadline = Instant::now() + budget;
         while sensor.running() {

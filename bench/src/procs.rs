@@ -149,6 +149,21 @@ pub async fn go_bench(name: &str, args: Vec<String>) -> anyhow::Result<f64> {
         .with_context(|| format!("{name} printed no ops/s figure: {text}"))
 }
 
+/// A number that differs between calls (milliseconds since the Unix epoch, made unique), so
+/// that a process started again gets a log file of its own.
+pub fn stamp() -> u128 {
+    static LAST: std::sync::Mutex<u128> = std::sync::Mutex::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let mut last = LAST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    *last = now.max(*last + 1);
+    *last
+}
+
 /// Counts complete lines of a file (0 when missing).
 pub fn count_lines(path: &Path) -> usize {
     std::fs::read(path)

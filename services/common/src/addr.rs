@@ -99,6 +99,14 @@ impl FromStr for HostPort {
 pub struct ListenAddr(HostPort);
 
 impl ListenAddr {
+    /// `127.0.0.1:<port>`, e.g. a service's default.
+    pub fn loopback(port: u16) -> Self {
+        Self(HostPort {
+            host: "127.0.0.1".to_owned(),
+            port,
+        })
+    }
+
     /// The address, e.g. for [`crate::http::HttpServer::bind`].
     pub fn host_port(&self) -> &HostPort {
         &self.0
@@ -172,6 +180,11 @@ impl fmt::Display for LookupdAddr {
 }
 
 crate::setting_type!(HostPort, ListenAddr, LookupdAddr);
+
+/// A peer's HTTP base address, `host:port` or `http://host:port`, read like an nsqlookupd
+/// address ([`LookupdAddr::url`] gives `http://host:port`); used by the REST version's
+/// services for the peers they call.
+pub type HttpAddr = LookupdAddr;
 
 /// The base URLs of nsqlookupd addresses (see [`LookupdAddr::url`]).
 pub fn lookupd_urls(addrs: &[LookupdAddr]) -> Vec<String> {
