@@ -419,6 +419,38 @@ mod tests {
         assert_eq!(&*s.replay_unavailable_topic, "sensor_replay_unavailable");
         assert_eq!(s.replay_nsqd(), "127.0.0.1:4150");
         assert_eq!(s.lost_output(), None, "no loss list with stdout");
+        // Shipped rotation: 256 MiB or daily, gzipped; complete epochs kept a day.
+        let r = s.rotation();
+        assert_eq!(
+            (r.size, r.interval, r.gzip),
+            (256 << 20, Some(Duration::from_secs(86_400)), true)
+        );
+        assert_eq!(s.epoch_retention.get(), Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn rotation_settings() {
+        let s = settings(
+            &[
+                "--nsqd-tcp-address=a:1",
+                "--rotate-size=0",
+                "--rotate-interval=1h",
+                "--rotate-gzip=false",
+            ],
+            &[],
+        )
+        .unwrap();
+        let r = s.rotation();
+        assert_eq!(
+            (r.size, r.interval, r.gzip),
+            (0, Some(Duration::from_secs(3600)), false)
+        );
+        let s = settings(
+            &["--nsqd-tcp-address=a:1", "--rotate-interval=0s"],
+            &[("LOGGER_ROTATE_SIZE", "1GiB")],
+        )
+        .unwrap();
+        assert_eq!((s.rotation().size, s.rotation().interval), (1 << 30, None));
     }
 
     #[test]
@@ -532,6 +564,12 @@ mod tests {
             ),
             (&["--replay-backoff", "0s"], "invalid `--replay-backoff`"),
             (&["--fin-delay", "x"], "invalid `--fin-delay`"),
+            (&["--rotate-size", "big"], "invalid `--rotate-size`"),
+            (
+                &["--rotate-interval", "daily"],
+                "invalid `--rotate-interval`",
+            ),
+            (&["--epoch-retention", "x"], "invalid `--epoch-retention`"),
             (
                 &["--replay-nsqd-tcp-address", "x"],
                 "`--replay-nsqd-tcp-address` 'x'",
