@@ -381,17 +381,22 @@ pub fn gzip_file(plain: &Path) -> io::Result<PathBuf> {
 }
 
 /// A thread that gzips closed files one after another, off the path of the writes.
+///
+/// A shutdown does not wait for it (a compression of 256 MiB takes seconds): a next start
+/// finishes what it left.
 #[derive(Debug)]
 pub struct Gzipper {
     /// Files to compress.
     queue: mpsc::Sender<PathBuf>,
+    /// The thread.
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl Gzipper {
     /// Starts the thread.
     pub fn start() -> io::Result<Self> {
         let (queue, files) = mpsc::channel::<PathBuf>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("logger-gzip".to_owned())
             .spawn(move || {
                 for plain in files {
@@ -411,7 +416,15 @@ impl Gzipper {
                     }
                 }
             })?;
-        Ok(Self { queue })
+        Ok(Self { queue, thread })
+    }
+
+    /// Waits until every queued file is compressed (or failed), and ends the thread.
+    pub fn finish(self) {
+        drop(self.queue);
+        if self.thread.join().is_err() {
+            tracing::warn!("the gzip thread panicked");
+        }
     }
 
     /// Queues `plain` for compression.
