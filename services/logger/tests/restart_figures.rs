@@ -4,7 +4,7 @@
 //!
 //! ```sh
 //! cargo build --release -p logger
-//! LOGGER_BIN=target/release/logger RESTART_LINES=20000000 \
+//! RESTART_BIN=$PWD/target/release/logger RESTART_LINES=20000000 \
 //!   cargo test -p logger --test restart_figures -- --ignored --nocapture
 //! ```
 //!
@@ -178,7 +178,12 @@ async fn start_logger(bin: &Path, nsqd: &Nsqd, output: &Path, extra: &[&str]) ->
                 break;
             }
         }
-        assert!(child.try_wait().unwrap().is_none(), "the logger exited");
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "the logger exited ({status}):\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
         assert!(
             started.elapsed() < Duration::from_secs(600),
             "not ready in 10 minutes"
@@ -240,7 +245,7 @@ async fn restart_figures() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000_000);
-    let bin: PathBuf = std::env::var_os("LOGGER_BIN").map_or_else(
+    let bin: PathBuf = std::env::var_os("RESTART_BIN").map_or_else(
         || PathBuf::from(env!("CARGO_BIN_EXE_logger")),
         PathBuf::from,
     );
