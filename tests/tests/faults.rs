@@ -214,9 +214,9 @@ impl Env {
         }
     }
 
-    /// Complete lines in the output so far.
+    /// Complete lines in the output so far (every file, closed ones included).
     fn logged(&self) -> usize {
-        count_lines(&self.output())
+        read_outputs(&self.output()).len()
     }
 
     /// Waits until the output has at least `n` lines.
@@ -226,7 +226,7 @@ impl Env {
             &format!("{n} lines in the output"),
             CONVERGE_TIMEOUT,
             || {
-                let lines = count_lines(&output);
+                let lines = read_outputs(&output).len();
                 async move { lines >= n }
             },
         )
@@ -246,7 +246,7 @@ impl Env {
             {
                 sensor_done = Some(Instant::now());
             }
-            let lines = count_lines(&output);
+            let lines = read_outputs(&output).len();
             if lines as u64 + lost_count(&lost) >= count {
                 let tally = Tally::read(&output, &lost, count);
                 if tally.missing.is_empty() {
@@ -375,7 +375,7 @@ struct Tally {
 impl Tally {
     fn read(output: &Path, lost: &Path, count: u64) -> Tally {
         let mut t = Tally::default();
-        for l in read_jsonl(output) {
+        for l in read_outputs(output) {
             let seq = l["seq"].as_u64().unwrap_or(0);
             if l["sensor_id"] != SENSOR || seq == 0 || seq > count {
                 t.foreign += 1;
@@ -451,6 +451,82 @@ impl Tally {
         }
         assert_eq!(self.logged.len() as u64 + self.lost.len() as u64, count);
     }
+}
+
+/// The lines of the logger's current file `output` and of its closed files beside it
+/// (`results.<stamp>.jsonl`, or its `.gz`; when a crash left both, the `.gz`, which is only
+/// there once complete). Partial last lines are left out.
+fn read_outputs(output: &Path) -> Vec<serde_json::Value> {
+    let (dir, stem, ext) = (
+        output.parent().unwrap(),
+        output.file_stem().unwrap().to_string_lossy().into_owned(),
+        output.extension().unwrap().to_string_lossy().into_owned(),
+    );
+    let mut closed: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(stamp) = name
+            .strip_prefix(&format!("{stem}."))
+            .and_then(|r| r.strip_suffix(".gz").or(Some(r)))
+            .and_then(|r| r.strip_suffix(&format!(".{ext}")))
+        else {
+            continue;
+        };
+        // 20261201T140638.123456789Z: the closed files, not the loss list.
+        if stamp.len() != 26 || !stamp.ends_with('Z') {
+            continue;
+        }
+        let gz = name.ends_with(".gz");
+        let slot = closed
+            .entry(stamp.to_owned())
+            .or_insert_with(|| entry.path());
+        if gz {
+            *slot = entry.path();
+        }
+    }
+    let mut lines = Vec::new();
+    for path in closed.values().chain(std::iter::once(&output.to_owned())) {
+        if path.extension().is_some_and(|e| e == "gz") {
+            let mut text = String::new();
+            let file = match std::fs::File::open(path) {
+                Ok(f) => f,
+                Err(_) => continue, // removed meanwhile: the next poll sees it as it is
+            };
+            use std::io::Read as _;
+            if flate2::read::MultiGzDecoder::new(file)
+                .read_to_string(&mut text)
+                .is_ok()
+            {
+                lines.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok()));
+            }
+        } else {
+            lines.extend(read_jsonl(path));
+        }
+    }
+    lines
+}
+
+/// Closed output files beside `output`: (plain, gzipped).
+fn closed_files(output: &Path) -> (usize, usize) {
+    let stem = output.file_stem().unwrap().to_string_lossy().into_owned();
+    let mut counts = (0, 0);
+    for entry in std::fs::read_dir(output.parent().unwrap())
+        .unwrap()
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(&format!("{stem}.")) else {
+            continue;
+        };
+        if rest.len() > 26 && rest.as_bytes()[25] == b'Z' {
+            if name.ends_with(".jsonl") {
+                counts.0 += 1;
+            } else if name.ends_with(".jsonl.gz") {
+                counts.1 += 1;
+            }
+        }
+    }
+    counts
 }
 
 /// Prints the test's figures, one line.
@@ -1117,4 +1193,72 @@ async fn fault_10_kill9_nsqd_and_the_sensor_stays_to_answer_for_its_last_reading
         tail(&sensor.logs(), 40)
     );
     assert_eq!(announced, 1, "announced once");
+}
+
+#[tokio::test]
+async fn fault_11_kill9_the_logger_during_a_rotation_and_restart_it() {
+    let _serial = SERIAL.lock().await;
+    let env = Env::start(true).await;
+    // 32 KiB files of ~150 lines (a line is ~210 bytes): ~50 rotations over the run, each
+    // closed file gzipped.
+    let rotate = [flag("rotate-size", "32KiB"), flag("rotate-gzip", true)];
+    // The first logger pauses 1 s inside each rotation, after writing the state file and
+    // before closing the current file (fault injection): the kill lands in that window,
+    // where the state already covers lines that are still in the current file.
+    let mut first = rotate.to_vec();
+    first.push(flag("rotate-pause", "1s"));
+    let mut p = env.pipeline_with_logger(COUNT, 2, &[], &[], &first).await;
+    let logger = &p.logger;
+    wait_until(
+        "the logger inside its third rotation",
+        CONVERGE_TIMEOUT,
+        || {
+            let n = logger
+                .logs()
+                .iter()
+                .filter(|l| l.contains("rotation paused after writing the state file"))
+                .count();
+            async move { n >= 3 }
+        },
+    )
+    .await;
+    p.collect_logger().await;
+    p.logger.kill9();
+    let before = env.logged();
+    let (plain, gz) = closed_files(&env.output());
+    assert!(
+        plain + gz >= 2,
+        "two rotations done before the kill: {plain} + {gz}"
+    );
+    assert!(env.dir.path().join("results.state").is_file());
+
+    p.logger = env.logger(&rotate);
+    p.logger.wait_healthy().await;
+    assert!(
+        p.logger
+            .logged("de-duplication state rebuilt from the output")
+            && p.logger.logged("from_state_file=true")
+            && p.logger.logged("closed_files_read=0"),
+        "the restart read the state file and the current file only\n{}",
+        p.logger.logs().join("\n")
+    );
+    let converge = env.converge(COUNT, &p).await;
+    let redelivered = redeliveries(env.nsqd()).await;
+    let figures = p.stop().await;
+    let (plain, gz) = closed_files(&env.output());
+    println!(
+        "logger killed inside a rotation with {before} lines written; {plain} closed files \
+         plain and {gz} gzipped at the end"
+    );
+    // Every reading exactly once over all the files, the gzipped ones decompressed.
+    finish(
+        "11 kill -9 logger during a rotation + restart",
+        &env,
+        &figures,
+        redelivered,
+        converge,
+        false,
+    );
+    assert!(plain + gz >= 10, "the restarted logger kept rotating");
+    assert!(gz >= 1, "closed files were gzipped");
 }

@@ -19,7 +19,12 @@ use suite_common::{
     setting::{at_least_one, non_empty, Channel, HumanDuration, Invalid, Parse, Topic},
 };
 
-use crate::{gaps::GapSettings, seen::SeenLimits};
+use crate::{
+    gaps::GapSettings,
+    output::Options,
+    rotation::{ByteSize, Rotation},
+    seen::SeenLimits,
+};
 
 /// Prefix of the logger's environment variables (`LOGGER_OUTPUT`, ...).
 pub const ENV_PREFIX: &str = "LOGGER";
@@ -39,7 +44,11 @@ defaults. --print-config shows the result. Durations are written like 500ms, 5s,
 
 Each result is written once: a result whose (sensor_id, epoch, seq) is already in the output
 is finished without being written again. With --output, the logger rebuilds that knowledge
-from the file at start-up (a truncated last line, left by a crash, is cut off).
+at start-up from <output stem>.state and the current file (a truncated last line, left by a
+crash, is cut off); without a usable state file, from every output file.
+
+Rotation: the current file (--output) is closed at --rotate-size or --rotate-interval as
+<stem>.<UTC time>.<ext> (names sort by time), gzipped with --rotate-gzip.
 
 Gaps: a seq still missing --gap-grace after a later one (or a sensor's announced last seq)
 arrived is asked for on --replay-topic, again with a doubling pause from --replay-backoff, at
@@ -76,6 +85,35 @@ pub struct Config {
     /// File the JSON lines are appended to (unset: stdout)
     #[arg(long, value_name = "PATH", value_parser = Parse(output_path))]
     pub output: Option<PathBuf>,
+
+    /// Close the current output file once it holds this many bytes (0: never by size), as
+    /// <output stem>.<UTC time of closing>.<ext>, e.g. results.20261201T140638.123456789Z.jsonl
+    #[arg(long, value_name = "SIZE", default_value = "256MiB")]
+    pub rotate_size: ByteSize,
+
+    /// Close the current output file once it is this old and not empty (0s: never by age)
+    #[arg(long, value_name = "DURATION", default_value = "24h")]
+    pub rotate_interval: HumanDuration,
+
+    /// Gzip each closed output file (on a thread of its own; .gz.tmp, fsync, rename, then
+    /// the plain file is removed)
+    #[arg(
+        long,
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        default_value_t = true,
+        action = ArgAction::Set,
+        value_parser = BoolishValueParser::new()
+    )]
+    pub rotate_gzip: bool,
+
+    /// How long a complete sensor epoch (its sensor has a newer one) stays in the
+    /// de-duplication state after its last write; then only its sensor's highest dropped
+    /// epoch is kept, and results of that epoch or older count as already written
+    #[arg(long, value_name = "DURATION", default_value = "24h")]
+    pub epoch_retention: HumanDuration,
 
     /// fsync the output after each batch, not only flush it
     #[arg(
@@ -202,6 +240,11 @@ pub struct Config {
     #[arg(long, value_name = "DURATION", default_value_t = HumanDuration::from_secs(0))]
     pub fin_delay: HumanDuration,
 
+    /// Fault injection (tests): at each rotation, wait this long between writing the state
+    /// file and closing the current file, so that a crash lands between the two
+    #[arg(long, value_name = "DURATION", default_value_t = HumanDuration::from_secs(0))]
+    pub rotate_pause: HumanDuration,
+
     /// Address of the HTTP port (/health, /ready, /metrics, /gaps)
     #[arg(long, value_name = "HOST:PORT", global = true, default_value = DEFAULT_HTTP_ADDRESS)]
     pub http_address: ListenAddr,
@@ -317,6 +360,26 @@ impl Config {
         }
     }
 
+    /// When the output rotates.
+    pub fn rotation(&self) -> Rotation {
+        let interval = self.rotate_interval.get();
+        Rotation {
+            size: self.rotate_size.get(),
+            interval: (!interval.is_zero()).then_some(interval),
+            gzip: self.rotate_gzip,
+            pause: self.rotate_pause.get(),
+        }
+    }
+
+    /// How the output file is opened.
+    pub fn output_options(&self) -> Options {
+        Options {
+            fsync: self.fsync,
+            rotation: self.rotation(),
+            limits: self.seen_limits(),
+        }
+    }
+
     /// The bounds of the de-duplication state.
     pub fn seen_limits(&self) -> SeenLimits {
         SeenLimits {
@@ -384,6 +447,38 @@ mod tests {
         assert_eq!(&*s.replay_unavailable_topic, "sensor_replay_unavailable");
         assert_eq!(s.replay_nsqd(), "127.0.0.1:4150");
         assert_eq!(s.lost_output(), None, "no loss list with stdout");
+        // Shipped rotation: 256 MiB or daily, gzipped; complete epochs kept a day.
+        let r = s.rotation();
+        assert_eq!(
+            (r.size, r.interval, r.gzip),
+            (256 << 20, Some(Duration::from_secs(86_400)), true)
+        );
+        assert_eq!(s.epoch_retention.get(), Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn rotation_settings() {
+        let s = settings(
+            &[
+                "--nsqd-tcp-address=a:1",
+                "--rotate-size=0",
+                "--rotate-interval=1h",
+                "--rotate-gzip=false",
+            ],
+            &[],
+        )
+        .unwrap();
+        let r = s.rotation();
+        assert_eq!(
+            (r.size, r.interval, r.gzip),
+            (0, Some(Duration::from_secs(3600)), false)
+        );
+        let s = settings(
+            &["--nsqd-tcp-address=a:1", "--rotate-interval=0s"],
+            &[("LOGGER_ROTATE_SIZE", "1GiB")],
+        )
+        .unwrap();
+        assert_eq!((s.rotation().size, s.rotation().interval), (1 << 30, None));
     }
 
     #[test]
@@ -497,6 +592,12 @@ mod tests {
             ),
             (&["--replay-backoff", "0s"], "invalid `--replay-backoff`"),
             (&["--fin-delay", "x"], "invalid `--fin-delay`"),
+            (&["--rotate-size", "big"], "invalid `--rotate-size`"),
+            (
+                &["--rotate-interval", "daily"],
+                "invalid `--rotate-interval`",
+            ),
+            (&["--epoch-retention", "x"], "invalid `--epoch-retention`"),
             (
                 &["--replay-nsqd-tcp-address", "x"],
                 "`--replay-nsqd-tcp-address` 'x'",

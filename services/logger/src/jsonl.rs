@@ -5,7 +5,7 @@
 
 use std::{
     fs::File,
-    io::{self, BufRead, BufReader},
+    io::{self, BufRead, BufReader, Read},
 };
 
 /// Where a file's complete lines end, and where the file ends.
@@ -28,7 +28,7 @@ impl Extent {
 /// line (content trimmed, without its newline; lines numbered from 1). Stops at the first
 /// error of `line`; `io` turns a read error into the caller's error type.
 pub fn read_lines<E>(
-    file: &File,
+    file: impl Read,
     mut line: impl FnMut(u64, &[u8]) -> Result<(), E>,
     io: impl Fn(io::Error) -> E,
 ) -> Result<Extent, E> {

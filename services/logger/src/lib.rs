@@ -10,10 +10,14 @@
 //!
 //! NSQ delivers at least once, so the logger is idempotent: a result whose
 //! `(sensor_id, epoch, seq)` is already in the output is finished without being written
-//! again, and counted. That knowledge ([`seen::Seen`]) is derived from the output file
-//! itself, rebuilt at every start ([`output::Output::open`]), so the file and the state cannot
-//! disagree, even after `kill -9` between a write and its FINs. An incomplete last line left
-//! by a crash is cut off with a warning (its message was never finished).
+//! again, and counted. That knowledge ([`seen::Seen`]) is derived from the output files,
+//! rebuilt at every start ([`output::Output::open_with`]) from the state file ([`state`])
+//! and the current file, so the files and the state cannot disagree, even after `kill -9`
+//! between a write and its FINs. An incomplete last line left by a crash is cut off with a
+//! warning (its message was never finished).
+//!
+//! The output rotates (`--rotate-size`, `--rotate-interval`) into closed files whose names
+//! sort by time, gzipped with `--rotate-gzip` ([`rotation`]).
 //!
 //! It notices readings that never arrived ([`gaps`]): a seq still missing `--gap-grace` after
 //! a later one, or after the sensor announced a higher last seq, is asked for again with a
@@ -36,6 +40,8 @@
 //! * [`startup`]: [`Application::build`] and [`Application::run_until_stopped`];
 //! * [`sink`]: what happens to a batch of messages;
 //! * [`output`]: the output file, its rebuild and its failure handling;
+//! * [`rotation`], [`state`]: the names of the rotated files, gzip, and the state file that
+//!   makes a restart read only the current file;
 //! * [`replay`]: the status and unavailable consumers, the replay requests, the losses;
 //! * [`lost`]: the loss list file;
 //! * [`line`](mod@line), [`seen`], [`gaps`], [`workers`]: the line format, the
@@ -74,9 +80,11 @@ pub mod lost;
 pub mod metrics;
 pub mod output;
 pub mod replay;
+pub mod rotation;
 pub mod seen;
 pub mod sink;
 pub mod startup;
+pub mod state;
 pub mod workers;
 
 pub use config::{Cli, Config};

@@ -20,6 +20,13 @@ pub const KNOWN_READINGS: &str = "nsq_suite_known_readings";
 pub const END_TO_END_SECONDS: &str = "nsq_suite_end_to_end_latency_seconds";
 /// Counter: batches appended to the output (lines / batches = mean batch size).
 pub const WRITE_BATCHES: &str = "nsq_suite_write_batches_total";
+/// Counter: rotations of the output (`--rotate-size`, `--rotate-interval`).
+pub const ROTATIONS: &str = "nsq_suite_output_rotations_total";
+/// Counter: rotations that failed (tried again 10 s later).
+pub const ROTATION_ERRORS: &str = "nsq_suite_output_rotation_errors_total";
+/// Counter: complete sensor epochs dropped from the de-duplication state after
+/// `--epoch-retention`.
+pub const EPOCHS_RETIRED: &str = "nsq_suite_dedup_epochs_retired_total";
 
 /// Registers the help text of every metric (shown by `/metrics`).
 pub fn describe() {
@@ -38,6 +45,12 @@ pub fn describe() {
         "From the reading being taken to its line being written"
     );
     describe_counter!(WRITE_BATCHES, "Batches appended to the output");
+    describe_counter!(ROTATIONS, "Rotations of the output");
+    describe_counter!(ROTATION_ERRORS, "Rotations of the output that failed");
+    describe_counter!(
+        EPOCHS_RETIRED,
+        "Complete sensor epochs dropped from the de-duplication state after --epoch-retention"
+    );
     describe_counter!(
         SEEN_FORGOTTEN,
         "Sensor epochs whose de-duplication state was forgotten at a limit, by reason"
@@ -54,7 +67,14 @@ pub fn register(topic: &str, channel: &str) {
     suite_common::nsq_metrics::register_consumer(topic, channel);
     let labels = suite_common::nsq_metrics::consumer_labels(topic, channel);
     metrics::counter!(DUPLICATES, &labels).increment(0);
-    for name in [LINES_WRITTEN, WRITE_ERRORS, WRITE_BATCHES] {
+    for name in [
+        LINES_WRITTEN,
+        WRITE_ERRORS,
+        WRITE_BATCHES,
+        ROTATIONS,
+        ROTATION_ERRORS,
+        EPOCHS_RETIRED,
+    ] {
         metrics::counter!(name).increment(0);
     }
     for reason in ["max_sensor_epochs", "max_seq_ranges"] {

@@ -6,8 +6,24 @@
 //! entry per later seq. Memory grows with the number of holes and epochs, not of readings.
 //! The same structure tells which seqs are missing ([`SeqSet::missing`]), which the gap
 //! detection ([`crate::gaps`]) needs, and holds the ranges reported lost.
+//!
+//! # Complete epochs are dropped, and still recognised
+//!
+//! A sensor's epoch is the Unix time in milliseconds of its start, so a sensor's epochs
+//! only grow. An epoch is *complete* once its sensor has a newer epoch in the set (the
+//! process that took its readings is gone, no new reading of it can be taken). A complete
+//! epoch that has not been written to for `--epoch-retention` is dropped ([`Seen::retire`]):
+//! its ranges leave memory (and the state file), and only one number per sensor stays, the
+//! highest epoch dropped. A result of that sensor with an epoch at or below that number,
+//! and not held otherwise, is taken as already written: it is finished without a line, as a
+//! duplicate. A redelivery of a result written long ago is thus still recognised; the price
+//! is that a result of such an epoch that was *never* written (after `--epoch-retention` of
+//! silence, and long after the gap detection reported it lost) is not written either.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use crate::line::Key;
 
@@ -254,6 +270,38 @@ struct EpochSeen {
     set: SeqSet,
     /// The value of [`Seen::clock`] at its last insert (least recently written goes first).
     touched: u64,
+    /// Unix seconds of its last insert: a complete epoch is dropped `--epoch-retention`
+    /// after it ([`Seen::retire`]).
+    written_secs: u64,
+}
+
+/// Now, in Unix seconds (0 if the clock is before 1970).
+pub fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// One sensor epoch as saved in the state file ([`crate::state`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochRecord {
+    /// The sensor.
+    pub sensor_id: String,
+    /// Its epoch.
+    pub epoch: u64,
+    /// Unix seconds of the last write to it.
+    pub written_secs: u64,
+    /// The seqs written, as ordered, disjoint, non-adjacent inclusive ranges.
+    pub ranges: Vec<(u64, u64)>,
+}
+
+/// An owned copy of what [`Seen`] holds, for the state file; [`Seen::restore`] reads it back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Every epoch held, sorted by `(sensor_id, epoch)`.
+    pub epochs: Vec<EpochRecord>,
+    /// Per sensor, the highest epoch dropped as complete, sorted by sensor.
+    pub retired: Vec<(String, u64)>,
 }
 
 /// The keys of the `count` lowest-ranked items, in no particular order: the epochs to forget
@@ -303,6 +351,10 @@ pub struct Seen {
     forgotten: EpochSet,
     /// Forgotten since the last [`Seen::take_forgotten`].
     recent: Forgotten,
+    /// Per sensor, the highest epoch dropped as complete ([`Seen::retire`]): its results
+    /// and those of older epochs (not held otherwise) count as written. At most
+    /// `max_epochs` sensors; past it the one with the oldest such epoch goes.
+    retired: HashMap<String, u64>,
 }
 
 impl Seen {
@@ -321,22 +373,41 @@ impl Seen {
             max_ranges: limits.max_ranges.max(1),
         };
         self.enforce(None);
+        self.bound_retired();
     }
 
-    /// Whether `key` was written.
+    /// Whether `key` was written (or belongs to an epoch dropped as complete).
     pub fn contains(&self, key: &Key) -> bool {
         // A borrowed lookup would need an owned tuple; clone only the id (short).
-        self.epochs
-            .get(&(key.sensor_id.clone(), key.epoch))
-            .is_some_and(|e| e.set.contains(key.seq))
+        match self.epochs.get(&(key.sensor_id.clone(), key.epoch)) {
+            Some(e) => e.set.contains(key.seq),
+            None => self.is_retired(&key.sensor_id, key.epoch),
+        }
     }
 
-    /// Records `key` as written; returns whether it was new.
+    /// Whether `(sensor_id, epoch)` is not held and at or below its sensor's highest epoch
+    /// dropped as complete: its results count as written.
+    pub fn is_retired(&self, sensor_id: &str, epoch: u64) -> bool {
+        self.retired.get(sensor_id).is_some_and(|r| epoch <= *r)
+            && !self.epochs.contains_key(&(sensor_id.to_owned(), epoch))
+    }
+
+    /// Records `key` as written now; returns whether it was new.
     pub fn insert(&mut self, key: &Key) -> bool {
+        self.insert_at(key, unix_secs())
+    }
+
+    /// Records `key` as written at `now_secs` (Unix seconds); returns whether it was new.
+    /// A key of an epoch dropped as complete is not new.
+    pub fn insert_at(&mut self, key: &Key, now_secs: u64) -> bool {
+        if self.is_retired(&key.sensor_id, key.epoch) {
+            return false;
+        }
         self.clock += 1;
         let id = (key.sensor_id.clone(), key.epoch);
         let entry = self.epochs.entry(id.clone()).or_default();
         entry.touched = self.clock;
+        entry.written_secs = entry.written_secs.max(now_secs);
         let before = entry.set.range_count();
         let new = entry.set.insert(key.seq);
         let after = entry.set.range_count();
@@ -397,9 +468,108 @@ impl Seen {
         std::mem::take(&mut self.recent)
     }
 
-    /// Whether this epoch was forgotten at a limit (and is remembered as such).
+    /// Whether this epoch was forgotten at a limit (and is remembered as such), or dropped
+    /// as complete: either way it is no longer tracked seq by seq.
     pub fn is_forgotten(&self, key: &(String, u64)) -> bool {
-        self.forgotten.contains(key)
+        self.forgotten.contains(key) || self.is_retired(&key.0, key.1)
+    }
+
+    /// Drops the complete epochs (their sensor has a newer one) not written to for
+    /// `retention` at `now_secs`, keeping per sensor only the highest epoch dropped (see
+    /// the module's guide). Returns how many epochs were dropped.
+    pub fn retire(&mut self, now_secs: u64, retention: Duration) -> usize {
+        let mut newest: HashMap<&str, u64> = HashMap::new();
+        for (sensor_id, epoch) in self.epochs.keys() {
+            let n = newest.entry(sensor_id.as_str()).or_insert(*epoch);
+            *n = (*n).max(*epoch);
+        }
+        let retention = retention.as_secs();
+        let done: Vec<(String, u64)> = self
+            .epochs
+            .iter()
+            .filter(|((sensor_id, epoch), e)| {
+                newest.get(sensor_id.as_str()).is_some_and(|n| *epoch < *n)
+                    && e.written_secs.saturating_add(retention) <= now_secs
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (sensor_id, epoch) in &done {
+            if let Some(e) = self.epochs.remove(&(sensor_id.clone(), *epoch)) {
+                self.len -= e.set.len();
+                self.ranges = self.ranges.saturating_sub(e.set.range_count());
+            }
+            let mark = self.retired.entry(sensor_id.clone()).or_insert(*epoch);
+            *mark = (*mark).max(*epoch);
+        }
+        self.bound_retired();
+        done.len()
+    }
+
+    /// Keeps at most `max_epochs` sensors' retired marks, dropping the oldest marks first.
+    fn bound_retired(&mut self) {
+        let excess = self.retired.len().saturating_sub(self.limits.max_epochs);
+        if excess == 0 {
+            return;
+        }
+        let mut marks: Vec<(u64, String)> =
+            self.retired.iter().map(|(s, e)| (*e, s.clone())).collect();
+        marks.sort_unstable();
+        for (_, sensor_id) in marks.into_iter().take(excess) {
+            self.retired.remove(&sensor_id);
+        }
+    }
+
+    /// Number of sensors with epochs dropped as complete.
+    pub fn retired_sensors(&self) -> usize {
+        self.retired.len()
+    }
+
+    /// An owned copy of the epochs held and the retired marks, sorted, for the state file.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut epochs: Vec<EpochRecord> = self
+            .epochs
+            .iter()
+            .map(|((sensor_id, epoch), e)| EpochRecord {
+                sensor_id: sensor_id.clone(),
+                epoch: *epoch,
+                written_secs: e.written_secs,
+                ranges: e.set.ranges().collect(),
+            })
+            .collect();
+        epochs.sort_unstable_by(|a, b| (&a.sensor_id, a.epoch).cmp(&(&b.sensor_id, b.epoch)));
+        let mut retired: Vec<(String, u64)> =
+            self.retired.iter().map(|(s, e)| (s.clone(), *e)).collect();
+        retired.sort_unstable();
+        Snapshot { epochs, retired }
+    }
+
+    /// The set a [`Snapshot`] describes, within `limits` (what exceeds them is forgotten, as
+    /// when it is written).
+    pub fn restore(snapshot: Snapshot, limits: SeenLimits) -> Self {
+        let mut seen = Self::with_limits(SeenLimits {
+            max_epochs: usize::MAX,
+            max_ranges: usize::MAX,
+        });
+        for record in snapshot.epochs {
+            seen.clock += 1;
+            let entry = seen
+                .epochs
+                .entry((record.sensor_id, record.epoch))
+                .or_default();
+            entry.touched = seen.clock;
+            entry.written_secs = entry.written_secs.max(record.written_secs);
+            for (from, to) in record.ranges {
+                let before = entry.set.range_count();
+                seen.len += entry.set.insert_range(from, to);
+                seen.ranges = (seen.ranges + entry.set.range_count()).saturating_sub(before);
+            }
+        }
+        for (sensor_id, epoch) in snapshot.retired {
+            let mark = seen.retired.entry(sensor_id).or_insert(epoch);
+            *mark = (*mark).max(epoch);
+        }
+        seen.set_limits(limits);
+        seen
     }
 
     /// Number of keys written (those of forgotten epochs no longer count).
@@ -587,6 +757,52 @@ mod tests {
         assert_eq!(seen.epoch("real", 1).map(SeqSet::len), Some(1000));
         assert!(seen.is_forgotten(&("forged".to_owned(), 1)));
         assert!(seen.take_forgotten().ranges >= 1);
+    }
+
+    #[test]
+    fn complete_epochs_are_dropped_after_the_retention_and_still_recognised() {
+        let day = Duration::from_secs(86_400);
+        let mut seen = Seen::default();
+        // Epoch 100 written at t=1000; the sensor restarts: epoch 200 at t=2000.
+        for seq in 1..=50 {
+            seen.insert_at(&key("s", 100, seq), 1000);
+        }
+        seen.insert_at(&key("s", 200, 1), 2000);
+        // Another sensor with one epoch only: never complete.
+        seen.insert_at(&key("t", 5, 1), 0);
+        assert_eq!(seen.retire(1000 + 86_399, day), 0, "not yet idle for a day");
+        assert_eq!(seen.retire(1000 + 86_400, day), 1);
+        assert_eq!(seen.epoch("s", 100), None, "dropped from memory");
+        assert_eq!((seen.epochs(), seen.len()), (2, 2));
+        assert_eq!(seen.retired_sensors(), 1);
+        // A late duplicate of the dropped epoch, or of an older one, is still recognised.
+        assert!(seen.contains(&key("s", 100, 7)));
+        assert!(seen.contains(&key("s", 99, 1)));
+        assert!(!seen.insert(&key("s", 100, 51)), "taken as written");
+        assert_eq!(seen.epoch("s", 100), None, "and not tracked again");
+        assert!(
+            seen.is_forgotten(&("s".to_owned(), 100)),
+            "gap detection leaves it"
+        );
+        // The newest epoch and other sensors are untouched.
+        assert!(seen.contains(&key("s", 200, 1)) && !seen.contains(&key("s", 200, 2)));
+        assert!(!seen.contains(&key("t", 4, 1)) && !seen.contains(&key("u", 1, 1)));
+        assert!(seen.insert(&key("s", 201, 1)), "a newer epoch is new");
+        // The marks survive a snapshot, and are bounded like the epochs.
+        let restored = Seen::restore(seen.snapshot(), SeenLimits::default());
+        assert!(restored.contains(&key("s", 100, 7)));
+        let mut many = Seen::with_limits(SeenLimits {
+            max_epochs: 4,
+            max_ranges: 100,
+        });
+        for n in 0..10u64 {
+            let id = format!("s{n}");
+            many.insert_at(&key(&id, n, 1), 0);
+            many.insert_at(&key(&id, n + 1, 1), 0);
+            many.retire(86_400, day);
+        }
+        assert_eq!(many.retired_sensors(), 4, "at most max_epochs marks");
+        assert!(many.contains(&key("s9", 9, 1)), "the newest marks stay");
     }
 
     #[test]

@@ -38,8 +38,8 @@ use crate::{
     config::Config,
     line::{check_result, Key, LogLine},
     metrics as m,
-    output::{Output, WriteError},
-    seen::Seen,
+    output::{Output, RotateError, WriteError},
+    seen::{unix_secs, Seen},
     workers::WorkerWindow,
 };
 
@@ -238,8 +238,9 @@ impl Sink {
                 let mut per_worker: HashMap<String, u64> = HashMap::new();
                 // Looked up once per batch, not once per line.
                 let end_to_end = metrics::histogram!(m::END_TO_END_SECONDS);
+                let now = unix_secs();
                 for f in fresh {
-                    self.seen.insert(&f.key);
+                    self.seen.insert_at(&f.key, now);
                     f.msg.finish();
                     let latency = Duration::from_nanos(written_at.saturating_sub(f.taken_at));
                     end_to_end.record(latency.as_secs_f64());
@@ -262,7 +263,7 @@ impl Sink {
                         window.record(&worker, n, now);
                     }
                 }
-                Ok(())
+                self.rotate_if_due().await
             }
             Err(e) => {
                 self.writable.store(false, Ordering::Relaxed);
@@ -286,6 +287,101 @@ impl Sink {
 }
 
 impl Sink {
+    /// Rotates the output when it is due (`--rotate-size`, `--rotate-interval`): the state
+    /// file is written first, then the current file is closed (see [`Output::rotate`]).
+    ///
+    /// A failed rotation is logged and tried again later; an error means the output has no
+    /// current file any more and the logger must stop.
+    pub async fn rotate_if_due(&mut self) -> anyhow::Result<()> {
+        if !self.output.as_ref().is_some_and(Output::rotation_due) {
+            return Ok(());
+        }
+        self.retire();
+        let snapshot = self.seen.snapshot();
+        let Some(mut output) = self.output.take() else {
+            anyhow::bail!("the output is gone (an earlier write task failed)");
+        };
+        let started = Instant::now();
+        let (output, rotated) = tokio::task::spawn_blocking(move || {
+            let rotated = output.rotate(snapshot);
+            (output, rotated)
+        })
+        .await
+        .context("the rotation task failed")?;
+        self.output = Some(output);
+        match rotated {
+            Ok(Some(closed)) => {
+                metrics::counter!(m::ROTATIONS).increment(1);
+                tracing::info!(
+                    closed = %closed.display(),
+                    readings = self.seen.len(),
+                    sensor_epochs = self.seen.epochs(),
+                    seq_ranges = self.seen.range_count(),
+                    took = ?started.elapsed(),
+                    "output rotated (state file written first)"
+                );
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e @ RotateError::Failed { .. }) => {
+                metrics::counter!(m::ROTATION_ERRORS).increment(1);
+                tracing::warn!(error = %e, "rotation failed: still writing to the current file, trying again in 10s");
+                Ok(())
+            }
+            Err(e @ RotateError::NoCurrentFile { .. }) => {
+                metrics::counter!(m::ROTATION_ERRORS).increment(1);
+                Err(anyhow::Error::new(e).context("stopping: no current output file"))
+            }
+        }
+    }
+
+    /// Drops the complete epochs older than `--epoch-retention` from the de-duplication
+    /// state (see [`Seen::retire`]).
+    pub fn retire(&mut self) {
+        let dropped = self
+            .seen
+            .retire(unix_secs(), self.settings.epoch_retention.get());
+        if dropped > 0 {
+            metrics::counter!(m::EPOCHS_RETIRED).increment(dropped as u64);
+            metrics::gauge!(m::KNOWN_READINGS).set(self.seen.len() as f64);
+            tracing::info!(
+                sensor_epochs = dropped,
+                retention = %self.settings.epoch_retention,
+                "dropped complete sensor epochs from the de-duplication state (their late \
+                 results still count as written)"
+            );
+        }
+    }
+
+    /// At a clean shutdown: saves the state file covering the whole output, so that the
+    /// next start reads nothing else. A failure only costs that start some reading.
+    pub async fn close(&mut self) {
+        let Some(mut output) = self.output.take() else {
+            return;
+        };
+        if !output.is_durable() {
+            self.output = Some(output);
+            return;
+        }
+        let snapshot = self.seen.snapshot();
+        let saved = tokio::task::spawn_blocking(move || {
+            let saved = output.save_state(snapshot);
+            (output, saved)
+        })
+        .await;
+        match saved {
+            Ok((output, Ok(()))) => {
+                tracing::info!(output = %output.describe(), "state file saved");
+                self.output = Some(output);
+            }
+            Ok((output, Err(e))) => {
+                tracing::warn!(output = %output.describe(), error = %e, "cannot save the state file: the next start reads the output instead");
+                self.output = Some(output);
+            }
+            Err(e) => tracing::warn!(error = %e, "the task saving the state file failed"),
+        }
+    }
+
     /// Counts and logs (at most once a second) the epochs the de-duplication state forgot
     /// at its limits.
     fn report_forgotten(&mut self) {

@@ -313,7 +313,15 @@ impl Application {
                     let consumer = consumer.clone();
                     closing = Some(tokio::spawn(async move { consumer.close().await }));
                 }
-                _ = summary.tick() => log_summary(&workers, started, &s.topic, &channels),
+                _ = summary.tick() => {
+                    log_summary(&workers, started, &s.topic, &channels);
+                    // Idle outputs rotate by age too; complete epochs leave memory.
+                    sink.retire();
+                    if let Err(e) = sink.rotate_if_due().await {
+                        failure = Some(e);
+                        break;
+                    }
+                }
                 event = next_replay_event(&mut replay) => {
                     if let Some(replay) = replay.as_mut() {
                         replay.handle(event, sink.seen());
@@ -353,6 +361,7 @@ impl Application {
             let _ = closing.await;
         }
         readiness.set_not_ready("stopped");
+        sink.close().await;
         if let Some(discovery) = &discovery {
             discovery.deregister().await;
         }
@@ -470,11 +479,20 @@ async fn open_output(settings: &Config) -> anyhow::Result<(Output, Seen)> {
         tracing::info!("writing to stdout: duplicates are recognised within this run only");
         return Ok((Output::stdout(), Seen::default()));
     };
-    let fsync = settings.fsync;
+    let options = settings.output_options();
     let started = Instant::now();
-    let (output, recovered) = tokio::task::spawn_blocking(move || Output::open(&path, fsync))
-        .await
-        .context("the task opening the output failed")??;
+    let (output, recovered) =
+        tokio::task::spawn_blocking(move || Output::open_with(&path, &options))
+            .await
+            .context("the task opening the output failed")??;
+    if let Some(problem) = &recovered.state_problem {
+        tracing::warn!(
+            output = %output.describe(),
+            problem = %problem,
+            closed_files_read = recovered.closed_read,
+            "state file not used: rebuilt the de-duplication state from the output files"
+        );
+    }
     if recovered.truncated_bytes > 0 {
         tracing::warn!(
             output = %output.describe(),
@@ -498,6 +516,9 @@ async fn open_output(settings: &Config) -> anyhow::Result<(Output, Seen)> {
     }
     tracing::info!(
         output = %output.describe(),
+        from_state_file = recovered.from_state,
+        closed_files_read = recovered.closed_read,
+        bytes_read = recovered.bytes_read,
         lines = recovered.lines,
         readings = recovered.seen.len(),
         sensor_epochs = recovered.seen.epochs(),
