@@ -610,11 +610,48 @@ struct Line {
     seq: u64,
 }
 
+/// Every complete line of the logger's output `path`: the files it closed (rotated, gzipped
+/// or not; the logger rotates at 256 MiB by default, which a sustained run reaches) and the
+/// current file, whose last line may still be being written.
 fn lines(path: &Path) -> anyhow::Result<Vec<Line>> {
-    let text = std::fs::read_to_string(path)?;
-    text.lines()
-        .map(|l| serde_json::from_str(l).with_context(|| format!("bad logger line: {l}")))
-        .collect()
+    // A file gzipped (or renamed) between the listing and its read: list again.
+    for _ in 0..10 {
+        if let Some(all) = lines_once(path)? {
+            return Ok(all);
+        }
+    }
+    anyhow::bail!("the logger's files kept changing while being read")
+}
+
+/// [`lines`], or `None` when a listed file was gone by the time it was read.
+fn lines_once(path: &Path) -> anyhow::Result<Option<Vec<Line>>> {
+    use std::io::Read as _;
+    let files = logger::rotation::Files::new(path);
+    let (closed, _) = files.list()?;
+    let mut all = Vec::new();
+    for c in closed
+        .iter()
+        .map(|c| (&c.path, c.gz))
+        .chain([(&path.to_path_buf(), false)])
+    {
+        let (file, gz) = c;
+        let mut text = String::new();
+        match std::fs::File::open(file) {
+            Ok(f) if gz => {
+                flate2::read::GzDecoder::new(f).read_to_string(&mut text)?;
+            }
+            Ok(mut f) => {
+                f.read_to_string(&mut text)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
+        for l in complete.lines() {
+            all.push(serde_json::from_str(l).with_context(|| format!("bad logger line: {l}"))?);
+        }
+    }
+    Ok(Some(all))
 }
 
 /// (first taken_at, last written_at) over the logger's output, unix ns.
