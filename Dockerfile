@@ -26,12 +26,18 @@
 
 ARG RUST_VERSION=1.95
 ARG CARGO_CHEF_VERSION=0.1.78
+# The base images, as build arguments so that a machine that cannot pull them can name its own
+# (CI builds local stand-ins: docker/standins/README.md). Set them for `docker compose build`
+# in the environment: compose passes RUST_IMAGE and RUNTIME_IMAGE through when they are set.
+ARG RUST_IMAGE=rust:${RUST_VERSION}-alpine
+ARG RUNTIME_IMAGE=gcr.io/distroless/static-debian12:nonroot
 
-FROM rust:${RUST_VERSION}-alpine AS chef
+FROM ${RUST_IMAGE} AS chef
 ARG CARGO_CHEF_VERSION
-# musl-dev: the C runtime that ring's C and assembly parts (rustls' crypto) are built against.
+# musl-dev: the C runtime that ring's C and assembly parts (rustls' crypto) are built against,
+# on Alpine. A glibc-based Rust image (a stand-in) has its C runtime already.
 # hadolint ignore=DL3018
-RUN apk add --no-cache musl-dev \
+RUN if command -v apk >/dev/null; then apk add --no-cache musl-dev; fi \
  && cargo install cargo-chef --locked --version "${CARGO_CHEF_VERSION}"
 # Release builds for the images: no debug info and stripped symbols (the workspace profile
 # keeps line tables for local backtraces; a panic message still names its file and line).
@@ -54,7 +60,7 @@ RUN cargo build --release --locked --bins -p sensor -p worker -p logger \
  && cp target/release/sensor target/release/worker target/release/logger /out/bin/
 
 # Common to the three images.
-FROM gcr.io/distroless/static-debian12:nonroot AS runtime
+FROM ${RUNTIME_IMAGE} AS runtime
 # The image's `nonroot` user, by number so that a runtime can check it is not root without
 # reading /etc/passwd (e.g. Kubernetes' runAsNonRoot).
 USER 65532:65532
