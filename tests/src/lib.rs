@@ -65,6 +65,11 @@ pub fn service_bin(name: &str) -> PathBuf {
     path
 }
 
+/// How long [`Service::wait_logged`] waits for lines a process has already printed to reach the
+/// test: the reader threads are behind by milliseconds normally, by seconds at most on a loaded
+/// 2-core machine (a thread not scheduled for that long would fail far more than this).
+pub const LOG_LAG: Duration = Duration::from_secs(10);
+
 /// A running service binary.
 pub struct Service {
     /// `sensor`, `worker` or `logger`.
@@ -166,6 +171,23 @@ impl Service {
     /// True when some log line contains `needle`.
     pub fn logged(&self, needle: &str) -> bool {
         self.logs.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    /// Waits until every one of `needles` is in some log line; false if one is still missing
+    /// after [`LOG_LAG`]. For a line the process has printed by the time the test looks (it
+    /// answered `/health` after printing it, or it exited): the threads that read its output may
+    /// not have got to it yet on a loaded machine.
+    pub async fn wait_logged(&self, needles: &[&str]) -> bool {
+        let deadline = Instant::now() + LOG_LAG;
+        loop {
+            if needles.iter().all(|n| self.logged(n)) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Waits until `GET /health` answers 200.

@@ -49,7 +49,9 @@ async fn a_channel_without_client_shows_in_the_summary_and_the_metrics() {
     )
     .await;
     assert!(
-        logger.logged("a channel with messages and no client"),
+        logger
+            .wait_logged(&["a channel with messages and no client"])
+            .await,
         "no WARN about the archive channel: {:#?}",
         logger.logs()
     );

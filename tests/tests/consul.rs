@@ -177,7 +177,11 @@ async fn every_service_registers_passes_and_leaves() {
             s.name,
             s.logs().join("\n")
         );
-        assert!(s.logged("deregistered from Consul"), "{}", s.name);
+        assert!(
+            s.wait_logged(&["deregistered from Consul"]).await,
+            "{}",
+            s.name
+        );
     }
 
     // Consul removes the killed one once its check has been critical for
@@ -242,7 +246,7 @@ async fn the_suite_runs_with_only_the_consul_address() {
     .await;
     assert_exactly_once(&output, "s1", 300);
     assert!(
-        worker.logged("passing instances in Consul"),
+        worker.wait_logged(&["passing instances in Consul"]).await,
         "the worker found nsqlookupd in Consul\n{}",
         worker.logs().join("\n")
     );

@@ -810,7 +810,8 @@ async fn fault_4_kill9_the_logger_and_restart_it() {
     p.logger.wait_healthy().await;
     assert!(
         p.logger
-            .logged("de-duplication state rebuilt from the output"),
+            .wait_logged(&["de-duplication state rebuilt from the output"])
+            .await,
         "the restarted logger rebuilt its state\n{}",
         p.logger.logs().join("\n")
     );
@@ -1188,7 +1189,9 @@ async fn fault_10_kill9_nsqd_and_the_sensor_stays_to_answer_for_its_last_reading
         tail(&sensor.logs(), 40)
     );
     assert!(
-        sensor.logged("a logger announced the epoch complete"),
+        sensor
+            .wait_logged(&["a logger announced the epoch complete"])
+            .await,
         "the sensor left because the logger announced the epoch complete:\n{}",
         tail(&sensor.logs(), 40)
     );
@@ -1236,9 +1239,12 @@ async fn fault_11_kill9_the_logger_during_a_rotation_and_restart_it() {
     p.logger.wait_healthy().await;
     assert!(
         p.logger
-            .logged("de-duplication state rebuilt from the output")
-            && p.logger.logged("from_state_file=true")
-            && p.logger.logged("closed_files_read=0"),
+            .wait_logged(&[
+                "de-duplication state rebuilt from the output",
+                "from_state_file=true",
+                "closed_files_read=0"
+            ])
+            .await,
         "the restart read the state file and the current file only\n{}",
         p.logger.logs().join("\n")
     );

@@ -193,7 +193,7 @@ async fn services_in_their_own_namespace_discover_nsqd_across_a_veth() {
     // The consumers reached nsqd at its broadcast address, as lookupd gave it.
     let addr = format!("{nsq_ip}:4150");
     assert!(
-        worker.logged(&addr) && logger.logged(&addr),
+        worker.wait_logged(&[&addr]).await && logger.wait_logged(&[&addr]).await,
         "worker and logger connected to {addr} found through lookupd"
     );
     println!("netns: 2,000 readings across a veth, nsqd found at its broadcast address {addr}");

@@ -168,7 +168,8 @@ async fn cold_start_through_lookupd_makes_no_replay_request() {
         s.logs().join("\n")
     );
     assert!(
-        s.logged("a logger announced the epoch complete"),
+        s.wait_logged(&["a logger announced the epoch complete"])
+            .await,
         "{}",
         s.logs().join("\n")
     );
