@@ -545,17 +545,12 @@ async fn pipeline(
     nsqd.create_channel("results", "logger").await;
     let tag = format!("pipeline-w{workers}");
     let (mut procs, output) = start_services(&nsqd, workers, 0, dir, &tag)?;
-    let mut sensor = Proc::spawn(
-        "sensor",
-        &suite_bin("sensor")?,
-        &[
-            format!("--nsqd-tcp-address={}", nsqd.tcp_address()),
-            "--sensor-id=bench".into(),
-            "--rate=0".into(),
-            format!("--count={count}"),
-            format!("--values={values}"),
-            "--http-address=127.0.0.1:0".into(),
-        ],
+    let mut sensor = spawn_sensor(
+        &nsqd,
+        "bench",
+        0,
+        count,
+        values,
         &dir.join(format!("{tag}-sensor.log")),
     )?;
     let budget = Duration::from_secs(60 + count / 5_000);

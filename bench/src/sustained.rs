@@ -24,7 +24,7 @@ use anyhow::Context as _;
 use nsq::testkit::Nsqd;
 use serde::Serialize;
 
-use crate::procs::{suite_bin, Proc};
+use crate::procs::Proc;
 
 /// The latency a sustained rate must keep at p99.
 pub const P99_LIMIT: Duration = Duration::from_millis(50);
@@ -220,17 +220,12 @@ async fn run_probe(
             .clear();
     }
     let started = unix_nanos();
-    let mut sensor = Proc::spawn(
-        "sensor",
-        &suite_bin("sensor")?,
-        &[
-            format!("--nsqd-tcp-address={}", nsqd.tcp_address()),
-            format!("--sensor-id={sensor_id}"),
-            format!("--rate={rate}"),
-            format!("--count={count}"),
-            format!("--values={values}"),
-            "--http-address=127.0.0.1:0".into(),
-        ],
+    let mut sensor = crate::spawn_sensor(
+        nsqd,
+        &sensor_id,
+        rate,
+        count,
+        values,
         &dir.join(format!("{tag}-sensor-{n}.log")),
     )?;
     let t0 = Instant::now();
