@@ -24,8 +24,6 @@ use anyhow::Context as _;
 use nsq::testkit::Nsqd;
 use serde::Serialize;
 
-use crate::procs::Proc;
-
 /// The latency a sustained rate must keep at p99.
 pub const P99_LIMIT: Duration = Duration::from_millis(50);
 /// How long after the sensor's last reading every reading must have arrived.
@@ -92,17 +90,9 @@ pub async fn search(
             let addr = nsqd.tcp_address();
             let mut procs = Vec::new();
             for i in 0..workers {
-                procs.push(Proc::spawn(
+                procs.push(crate::spawn_relay(
                     &format!("nsq_to_nsq-{i}"),
-                    &nsq::testkit::bin("nsq_to_nsq"),
-                    &[
-                        format!("--nsqd-tcp-address={addr}"),
-                        "--topic=sensor_data".into(),
-                        "--channel=relay".into(),
-                        format!("--destination-nsqd-tcp-address={addr}"),
-                        "--destination-topic=results".into(),
-                        "--max-in-flight=2500".into(),
-                    ],
+                    &addr,
                     &dir.join(format!("{tag}-relay-{i}.log")),
                 )?);
             }
