@@ -533,6 +533,24 @@ fn spawn_sensor(
     )
 }
 
+/// NSQ's `nsq_to_nsq` relaying `sensor_data` (channel `relay`) to `results` on the nsqd at
+/// `addr`: the Go tools' stand-in for a worker.
+fn spawn_relay(name: &str, addr: &str, log: &Path) -> anyhow::Result<Proc> {
+    Proc::spawn(
+        name,
+        &nsq::testkit::bin("nsq_to_nsq"),
+        &[
+            format!("--nsqd-tcp-address={addr}"),
+            "--topic=sensor_data".into(),
+            "--channel=relay".into(),
+            format!("--destination-nsqd-tcp-address={addr}"),
+            "--destination-topic=results".into(),
+            "--max-in-flight=2500".into(),
+        ],
+        log,
+    )
+}
+
 /// The pipeline with `workers` workers: `count` readings at full speed.
 async fn pipeline(
     workers: usize,
@@ -545,17 +563,12 @@ async fn pipeline(
     nsqd.create_channel("results", "logger").await;
     let tag = format!("pipeline-w{workers}");
     let (mut procs, output) = start_services(&nsqd, workers, 0, dir, &tag)?;
-    let mut sensor = Proc::spawn(
-        "sensor",
-        &suite_bin("sensor")?,
-        &[
-            format!("--nsqd-tcp-address={}", nsqd.tcp_address()),
-            "--sensor-id=bench".into(),
-            "--rate=0".into(),
-            format!("--count={count}"),
-            format!("--values={values}"),
-            "--http-address=127.0.0.1:0".into(),
-        ],
+    let mut sensor = spawn_sensor(
+        &nsqd,
+        "bench",
+        0,
+        count,
+        values,
         &dir.join(format!("{tag}-sensor.log")),
     )?;
     let budget = Duration::from_secs(60 + count / 5_000);
@@ -676,19 +689,7 @@ async fn reference(seconds: u64, dir: &Path) -> anyhow::Result<f64> {
     nsqd.create_channel("sensor_data", "relay").await;
     nsqd.create_channel("results", "ch").await;
     let addr = nsqd.tcp_address();
-    let _relay = Proc::spawn(
-        "nsq_to_nsq",
-        &nsq::testkit::bin("nsq_to_nsq"),
-        &[
-            format!("--nsqd-tcp-address={addr}"),
-            "--topic=sensor_data".into(),
-            "--channel=relay".into(),
-            format!("--destination-nsqd-tcp-address={addr}"),
-            "--destination-topic=results".into(),
-            "--max-in-flight=2500".into(),
-        ],
-        &dir.join("nsq_to_nsq.log"),
-    )?;
+    let _relay = spawn_relay("nsq_to_nsq", &addr, &dir.join("nsq_to_nsq.log"))?;
     // Wait until the relay is subscribed.
     let deadline = Instant::now() + Duration::from_secs(10);
     while nsqd
@@ -701,12 +702,24 @@ async fn reference(seconds: u64, dir: &Path) -> anyhow::Result<f64> {
         anyhow::ensure!(Instant::now() < deadline, "nsq_to_nsq did not subscribe");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let (r, _w) = go_bench_pair(&addr, "sensor_data", "results", seconds).await;
+    r
+}
+
+/// NSQ's `bench_writer` publishing to `write_topic` and `bench_reader` reading `read_topic`
+/// (channel `ch`) on the nsqd at `addr`, at once for `seconds`: their msgs/s (reader, writer).
+async fn go_bench_pair(
+    addr: &str,
+    write_topic: &str,
+    read_topic: &str,
+    seconds: u64,
+) -> (anyhow::Result<f64>, anyhow::Result<f64>) {
     let run = format!("--runfor={seconds}s");
     let reader = go_bench(
         "bench_reader",
         vec![
             format!("--nsqd-tcp-address={addr}"),
-            "--topic=results".into(),
+            format!("--topic={read_topic}"),
             "--channel=ch".into(),
             run.clone(),
             "--size=200".into(),
@@ -716,43 +729,20 @@ async fn reference(seconds: u64, dir: &Path) -> anyhow::Result<f64> {
         "bench_writer",
         vec![
             format!("--nsqd-tcp-address={addr}"),
-            "--topic=sensor_data".into(),
+            format!("--topic={write_topic}"),
             run,
             "--size=200".into(),
             "--batch-size=200".into(),
         ],
     );
-    let (r, _w) = tokio::join!(reader, writer);
-    r
+    tokio::join!(reader, writer)
 }
 
 /// `bench_writer` and `bench_reader` at once on one topic.
 async fn raw(seconds: u64) -> anyhow::Result<RawRun> {
     let nsqd = start_nsqd().await;
     nsqd.create_channel("sub_bench", "ch").await;
-    let addr = nsqd.tcp_address();
-    let run = format!("--runfor={seconds}s");
-    let reader = go_bench(
-        "bench_reader",
-        vec![
-            format!("--nsqd-tcp-address={addr}"),
-            "--topic=sub_bench".into(),
-            "--channel=ch".into(),
-            run.clone(),
-            "--size=200".into(),
-        ],
-    );
-    let writer = go_bench(
-        "bench_writer",
-        vec![
-            format!("--nsqd-tcp-address={addr}"),
-            "--topic=sub_bench".into(),
-            run,
-            "--size=200".into(),
-            "--batch-size=200".into(),
-        ],
-    );
-    let (r, w) = tokio::join!(reader, writer);
+    let (r, w) = go_bench_pair(&nsqd.tcp_address(), "sub_bench", "sub_bench", seconds).await;
     Ok(RawRun {
         writer_msgs_per_sec: w?,
         reader_msgs_per_sec: r?,

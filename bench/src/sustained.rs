@@ -24,8 +24,6 @@ use anyhow::Context as _;
 use nsq::testkit::Nsqd;
 use serde::Serialize;
 
-use crate::procs::{suite_bin, Proc};
-
 /// The latency a sustained rate must keep at p99.
 pub const P99_LIMIT: Duration = Duration::from_millis(50);
 /// How long after the sensor's last reading every reading must have arrived.
@@ -92,17 +90,9 @@ pub async fn search(
             let addr = nsqd.tcp_address();
             let mut procs = Vec::new();
             for i in 0..workers {
-                procs.push(Proc::spawn(
+                procs.push(crate::spawn_relay(
                     &format!("nsq_to_nsq-{i}"),
-                    &nsq::testkit::bin("nsq_to_nsq"),
-                    &[
-                        format!("--nsqd-tcp-address={addr}"),
-                        "--topic=sensor_data".into(),
-                        "--channel=relay".into(),
-                        format!("--destination-nsqd-tcp-address={addr}"),
-                        "--destination-topic=results".into(),
-                        "--max-in-flight=2500".into(),
-                    ],
+                    &addr,
                     &dir.join(format!("{tag}-relay-{i}.log")),
                 )?);
             }
@@ -220,17 +210,12 @@ async fn run_probe(
             .clear();
     }
     let started = unix_nanos();
-    let mut sensor = Proc::spawn(
-        "sensor",
-        &suite_bin("sensor")?,
-        &[
-            format!("--nsqd-tcp-address={}", nsqd.tcp_address()),
-            format!("--sensor-id={sensor_id}"),
-            format!("--rate={rate}"),
-            format!("--count={count}"),
-            format!("--values={values}"),
-            "--http-address=127.0.0.1:0".into(),
-        ],
+    let mut sensor = crate::spawn_sensor(
+        nsqd,
+        &sensor_id,
+        rate,
+        count,
+        values,
         &dir.join(format!("{tag}-sensor-{n}.log")),
     )?;
     let t0 = Instant::now();

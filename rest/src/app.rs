@@ -14,7 +14,8 @@ use logger::line::LogLine;
 use messages::{SensorReading, WorkResult};
 use serde::Serialize;
 use suite_common::{
-    addr::HttpAddr,
+    addr::{HttpAddr, ListenAddr},
+    cli::{LogArgs, ServiceConfig},
     config::ConfigError,
     log_limit::LogLimiter,
     setting::{at_least_one, message_id, HumanDuration, Parse},
@@ -24,17 +25,11 @@ use suite_common::{
 use crate::{
     client::{self, RoundRobin},
     metrics as m, paced,
-    service::{Common, RestService, Running, ServiceArgs},
+    service::{RestService, Running, ServiceArgs, AFTER_HELP},
 };
 
-crate::rest_cli!(
-    Cli,
-    "rest-app",
-    "REST_APP",
-    "The talk's REST app: pulls a reading from the sensor and has a worker square it, or \
-     receives the results the workers push; writes one JSON line per result",
-    Config
-);
+/// The command line of `rest-app`.
+pub type Cli = suite_common::cli::Cli<Config>;
 
 /// How results reach the app.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -159,13 +154,24 @@ async fn results(
     }
 }
 
-impl RestService for Config {
-    const SERVICE: &'static str = "rest-app";
+impl ServiceConfig for Config {
+    const NAME: &'static str = "rest-app";
+    const ENV_PREFIX: &'static str = "REST_APP";
+    const ABOUT: &'static str =
+        "The talk's REST app: pulls a reading from the sensor and has a worker square it, or \
+         receives the results the workers push; writes one JSON line per result";
+    const AFTER_HELP: &'static str = AFTER_HELP;
 
-    fn common(&self) -> Common<'_> {
-        self.service.common()
+    fn http_address(&self) -> &ListenAddr {
+        &self.service.http_address
     }
 
+    fn log(&self) -> &LogArgs {
+        &self.service.log
+    }
+}
+
+impl RestService for Config {
     fn id(&self) -> String {
         self.app_id.clone()
     }

@@ -8,7 +8,10 @@ use std::{
 };
 
 use serde::{de::DeserializeOwned, Serialize};
-use suite_common::addr::HttpAddr;
+use suite_common::{
+    addr::HttpAddr,
+    body::{read_capped, BodyError},
+};
 
 use crate::MAX_BODY_BYTES;
 
@@ -122,18 +125,18 @@ async fn answer<R: DeserializeOwned>(
         url: url.to_owned(),
         source,
     };
-    let mut response = sent.map_err(transport)?;
+    let response = sent.map_err(transport)?;
     let status = response.status();
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(transport)? {
-        if body.len() + chunk.len() > MAX_BODY_BYTES {
+    let body = match read_capped(response, MAX_BODY_BYTES).await {
+        Ok(body) => body,
+        Err(BodyError::Read(source)) => return Err(transport(source)),
+        Err(e @ BodyError::TooLong { .. }) => {
             return Err(CallError::Answer {
                 url: url.to_owned(),
-                reason: format!("more than {MAX_BODY_BYTES} bytes"),
-            });
+                reason: e.to_string(),
+            })
         }
-        body.extend_from_slice(&chunk);
-    }
+    };
     if !status.is_success() {
         let text = String::from_utf8_lossy(&body);
         return Err(CallError::Status {

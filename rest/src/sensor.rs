@@ -14,7 +14,8 @@ use messages::{SensorReading, SCHEMA_VERSION};
 use rand::Rng as _;
 use serde::Serialize;
 use suite_common::{
-    addr::HttpAddr,
+    addr::{HttpAddr, ListenAddr},
+    cli::{LogArgs, ServiceConfig},
     log_limit::LogLimiter,
     setting::{at_least_one, message_id, Invalid, Parse},
     shutdown::CancellationToken,
@@ -23,17 +24,11 @@ use suite_common::{
 use crate::{
     client::{self, RoundRobin},
     metrics as m, paced,
-    service::{Common, RestService, Running, ServiceArgs},
+    service::{RestService, Running, ServiceArgs, AFTER_HELP},
 };
 
-crate::rest_cli!(
-    Cli,
-    "rest-sensor",
-    "REST_SENSOR",
-    "The talk's REST sensor: GET /reading answers the next reading; with --push-to it POSTs \
-     each reading to a worker instead",
-    Config
-);
+/// The command line of `rest-sensor`.
+pub type Cli = suite_common::cli::Cli<Config>;
 
 /// Most values a reading may have (so that it stays far below the body limit).
 pub const MAX_VALUES: u32 = 1000;
@@ -134,13 +129,24 @@ async fn reading(State(sensor): State<Arc<Sensor>>) -> Json<SensorReading> {
     Json(sensor.take())
 }
 
-impl RestService for Config {
-    const SERVICE: &'static str = "rest-sensor";
+impl ServiceConfig for Config {
+    const NAME: &'static str = "rest-sensor";
+    const ENV_PREFIX: &'static str = "REST_SENSOR";
+    const ABOUT: &'static str =
+        "The talk's REST sensor: GET /reading answers the next reading; with --push-to it POSTs \
+         each reading to a worker instead";
+    const AFTER_HELP: &'static str = AFTER_HELP;
 
-    fn common(&self) -> Common<'_> {
-        self.service.common()
+    fn http_address(&self) -> &ListenAddr {
+        &self.service.http_address
     }
 
+    fn log(&self) -> &LogArgs {
+        &self.service.log
+    }
+}
+
+impl RestService for Config {
     fn id(&self) -> String {
         self.sensor_id.clone()
     }

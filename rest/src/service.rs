@@ -1,18 +1,18 @@
-//! What the three binaries share: the command line, start-up and the HTTP port, written once
-//! with `suite-common` the way the NSQ services' `main` and `startup` use it.
-//!
-//! A service is a settings struct implementing [`RestService`]; [`rest_cli!`] declares its
-//! command line and [`main`] runs it: `--print-config`, `healthcheck`, logs, metrics, the
-//! HTTP port with `/health` `/ready` `/metrics`, SIGTERM/SIGINT.
+//! What the three binaries share, on `suite-common` like the NSQ services: each binary's
+//! settings struct implements [`suite_common::cli::ServiceConfig`] (its command line) and
+//! [`RestService`] (how it runs), and its `main` is
+//! `suite_common::service::main::<Rest<Config>>()`: `--print-config`, `healthcheck`, logs,
+//! metrics, the HTTP port with `/health` `/ready` `/metrics`, SIGTERM/SIGINT.
 
-use std::{future::Future, net::SocketAddr, process::ExitCode};
+use std::{future::Future, net::SocketAddr};
 
 use serde::Serialize;
 use suite_common::{
     addr::ListenAddr,
-    cli::{CommonArgs, CommonCommand, LogArgs, ServiceCli},
+    cli::{LogArgs, ServiceConfig},
     config::ConfigError,
-    http::{self, BaseState, HttpServer, Readiness},
+    http::{HttpServer, Readiness},
+    service::{Base, Service},
     setting::{HumanDuration, Parse},
     shutdown::CancellationToken,
 };
@@ -35,33 +35,9 @@ pub struct ServiceArgs<const PORT: u16> {
     pub log: LogArgs,
 }
 
-impl<const PORT: u16> ServiceArgs<PORT> {
-    /// What [`main`] needs of them.
-    pub fn common(&self) -> Common<'_> {
-        Common {
-            http_address: &self.http_address,
-            log: &self.log,
-        }
-    }
-}
-
-/// The settings [`main`] uses before the service runs.
-#[derive(Debug)]
-pub struct Common<'a> {
-    /// Where the HTTP port listens.
-    pub http_address: &'a ListenAddr,
-    /// The logging settings.
-    pub log: &'a LogArgs,
-}
-
-/// A REST service's settings, and how it runs.
-pub trait RestService: Serialize + Sized + Send + 'static {
-    /// Name in logs, `/health` and the metrics' `service` label.
-    const SERVICE: &'static str;
-
-    /// The HTTP address and the logging settings.
-    fn common(&self) -> Common<'_>;
-
+/// A REST service's settings (its [`ServiceConfig::NAME`] is the name in logs, `/health` and
+/// the metrics' `service` label), and how it runs.
+pub trait RestService: ServiceConfig + Send + Sync + 'static {
     /// The instance id (the metrics' `id` label).
     fn id(&self) -> String;
 
@@ -71,7 +47,71 @@ pub trait RestService: Serialize + Sized + Send + 'static {
     }
 
     /// Runs until `running.shutdown` is cancelled (or the service's work is done).
-    fn run(self, running: Running) -> impl Future<Output = anyhow::Result<()>>;
+    fn run(self, running: Running) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// A built REST service (any of the three): what [`suite_common::service::main`] runs.
+#[derive(Debug)]
+pub struct Rest<C> {
+    /// The checked settings.
+    config: C,
+    /// `/health`, `/ready`, `/metrics`; the service merges its routes in.
+    base: axum::Router,
+    /// The bound port.
+    http: HttpServer,
+    /// `/ready`: ready from the start (a REST service has nothing to connect to first).
+    readiness: Readiness,
+}
+
+impl<C: RestService> Service for Rest<C> {
+    type Config = C;
+
+    async fn build(config: C) -> anyhow::Result<Self> {
+        config.check()?;
+        let Base {
+            readiness,
+            router,
+            http,
+        } = Base::start(C::NAME, &config.id(), &config, "starting").await?;
+        readiness.set_ready();
+        tracing::info!(http_address = %http.local_addr(), "{} started", C::NAME);
+        Ok(Self {
+            config,
+            base: router,
+            http,
+            readiness,
+        })
+    }
+
+    fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr()
+    }
+
+    async fn run_until_stopped<F>(self, shutdown: F) -> anyhow::Result<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        // The services stop their work on a token (paced runs finish what is in flight).
+        let token = CancellationToken::new();
+        let cancel = token.clone();
+        let watcher = tokio::spawn(async move {
+            shutdown.await;
+            cancel.cancel();
+        });
+        let result = self
+            .config
+            .run(Running {
+                base: self.base,
+                http: self.http,
+                readiness: self.readiness,
+                shutdown: token,
+            })
+            .await;
+        watcher.abort();
+        result?;
+        tracing::info!("{} stopped", C::NAME);
+        Ok(())
+    }
 }
 
 /// What a service gets to run with: the bound HTTP port and the common routes.
@@ -118,57 +158,6 @@ impl Running {
     }
 }
 
-/// A command line declared with [`rest_cli!`].
-pub trait RestCli: ServiceCli {
-    /// The settings.
-    type Config: RestService;
-
-    /// The parts of the command line.
-    fn into_parts(self) -> (CommonArgs, Self::Config, Option<CommonCommand>);
-}
-
-/// Declares a service's command line: `rest_cli!(Cli, "rest-sensor", "REST_SENSOR",
-/// "about", Config)`.
-#[macro_export]
-macro_rules! rest_cli {
-    ($cli:ident, $name:literal, $prefix:literal, $about:literal, $config:ty) => {
-        /// The command line.
-        #[derive(Debug, clap::Parser)]
-        #[command(name = $name, version, about = $about, after_help = $crate::service::AFTER_HELP)]
-        pub struct $cli {
-            /// Flags every service has.
-            #[command(flatten)]
-            pub common: suite_common::cli::CommonArgs,
-            /// The settings.
-            #[command(flatten)]
-            pub config: $config,
-            /// `healthcheck`, or nothing to run.
-            #[command(subcommand)]
-            pub command: Option<suite_common::cli::CommonCommand>,
-        }
-
-        impl suite_common::cli::ServiceCli for $cli {
-            const ENV_PREFIX: &'static str = $prefix;
-            fn common(&self) -> &suite_common::cli::CommonArgs {
-                &self.common
-            }
-        }
-
-        impl $crate::service::RestCli for $cli {
-            type Config = $config;
-            fn into_parts(
-                self,
-            ) -> (
-                suite_common::cli::CommonArgs,
-                $config,
-                Option<suite_common::cli::CommonCommand>,
-            ) {
-                (self.common, self.config, self.command)
-            }
-        }
-    };
-}
-
 /// Text after the flags in `--help`.
 pub const AFTER_HELP: &str = "\
 Every flag can also be set with the environment variable shown next to it (lists
@@ -178,51 +167,3 @@ like 500ms, 30s, 2m.
 
 This is the talk's REST version, kept for comparison with the NSQ suite: a failed request
 loses its reading (counted in rest_requests_failed_total); nothing is retried or queued.";
-
-/// The `main` of a REST binary.
-pub fn main<C: RestCli>() -> ExitCode {
-    suite_common::exit::finish(C::parse_args().map_err(Into::into).and_then(run::<C>))
-}
-
-/// Prints the configuration, probes, or runs the service until a signal.
-fn run<C: RestCli>(cli: C) -> anyhow::Result<()> {
-    let (common, config, command) = cli.into_parts();
-    if common.print_config {
-        return Ok(suite_common::config::print_config(&config)?);
-    }
-    if let Some(CommonCommand::Healthcheck) = command {
-        return Ok(suite_common::healthcheck::probe(
-            &config.common().http_address.to_string(),
-        )?);
-    }
-    let log = config.common().log;
-    suite_common::telemetry::init(log.log_format, &log.log_level)?;
-    let runtime = suite_common::shutdown::runtime()?;
-    runtime.block_on(async {
-        config.check()?;
-        let service = C::Config::SERVICE;
-        tracing::info!(
-            version = env!("CARGO_PKG_VERSION"),
-            config = %suite_common::config::to_one_line(&config)?,
-            "starting {service}"
-        );
-        let id = config.id();
-        let metrics = http::install_metrics(service, &id)?;
-        let readiness = Readiness::ready();
-        let base = http::base_router(BaseState::new(service, &id, readiness.clone(), metrics));
-        let http = HttpServer::bind(&config.common().http_address.to_string()).await?;
-        tracing::info!(http_address = %http.local_addr(), "{service} started");
-        let shutdown = CancellationToken::new();
-        suite_common::shutdown::cancel_on_signal(shutdown.clone())?;
-        config
-            .run(Running {
-                base,
-                http,
-                readiness,
-                shutdown,
-            })
-            .await?;
-        tracing::info!("{service} stopped");
-        Ok(())
-    })
-}

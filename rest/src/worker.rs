@@ -16,7 +16,8 @@ use axum::{
 use messages::{SensorReading, WorkResult};
 use serde::Serialize;
 use suite_common::{
-    addr::HttpAddr,
+    addr::{HttpAddr, ListenAddr},
+    cli::{LogArgs, ServiceConfig},
     log_limit::LogLimiter,
     setting::{message_id, Parse},
 };
@@ -27,17 +28,11 @@ use worker::{
 
 use crate::{
     client, metrics as m,
-    service::{Common, RestService, Running, ServiceArgs},
+    service::{RestService, Running, ServiceArgs, AFTER_HELP},
 };
 
-crate::rest_cli!(
-    Cli,
-    "rest-worker",
-    "REST_WORKER",
-    "The talk's REST worker: POST /square answers the squares of a reading; with --push-to it \
-     sends them to the app instead",
-    Config
-);
+/// The command line of `rest-worker`.
+pub type Cli = suite_common::cli::Cli<Config>;
 
 /// The worker's settings.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args, Serialize)]
@@ -119,13 +114,24 @@ fn routes(id: &str, work: Duration, app: Option<(String, reqwest::Client)>) -> R
         .with_state(state)
 }
 
-impl RestService for Config {
-    const SERVICE: &'static str = "rest-worker";
+impl ServiceConfig for Config {
+    const NAME: &'static str = "rest-worker";
+    const ENV_PREFIX: &'static str = "REST_WORKER";
+    const ABOUT: &'static str =
+        "The talk's REST worker: POST /square answers the squares of a reading; with --push-to it \
+         sends them to the app instead";
+    const AFTER_HELP: &'static str = AFTER_HELP;
 
-    fn common(&self) -> Common<'_> {
-        self.service.common()
+    fn http_address(&self) -> &ListenAddr {
+        &self.service.http_address
     }
 
+    fn log(&self) -> &LogArgs {
+        &self.service.log
+    }
+}
+
+impl RestService for Config {
     fn id(&self) -> String {
         self.worker_id.clone()
     }

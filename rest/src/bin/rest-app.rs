@@ -1,5 +1,5 @@
 //! The `rest-app` binary: see [`rest::app`].
 
 fn main() -> std::process::ExitCode {
-    rest::service::main::<rest::app::Cli>()
+    suite_common::service::main::<rest::service::Rest<rest::app::Config>>()
 }

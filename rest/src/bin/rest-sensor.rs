@@ -1,5 +1,5 @@
 //! The `rest-sensor` binary: see [`rest::sensor`].
 
 fn main() -> std::process::ExitCode {
-    rest::service::main::<rest::sensor::Cli>()
+    suite_common::service::main::<rest::service::Rest<rest::sensor::Config>>()
 }

@@ -1,5 +1,5 @@
 //! The `rest-worker` binary: see [`rest::worker`].
 
 fn main() -> std::process::ExitCode {
-    rest::service::main::<rest::worker::Cli>()
+    suite_common::service::main::<rest::service::Rest<rest::worker::Config>>()
 }

@@ -63,6 +63,13 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// not make a service open thousands of connections.
 const MAX_INSTANCES: usize = 256;
 
+/// Largest answer read from the agent: a health answer of thousands of instances (about 2 KB
+/// each) fits; a bigger one is an error rather than unbounded memory.
+const MAX_ANSWER_BYTES: usize = 8 << 20;
+
+/// Most of an error answer read, for its first 200 characters in the message.
+const MAX_ERROR_BYTES: usize = 64 << 10;
+
 /// Consul 1.13 raises a shorter `DeregisterCriticalServiceAfter` to one minute (its
 /// `check_deregister_interval_min`, not configurable).
 const MIN_DEREGISTER_AFTER: Duration = Duration::from_secs(60);
@@ -336,13 +343,10 @@ impl Consul {
         if status.is_success() || status == reqwest::StatusCode::NOT_FOUND {
             return Ok(response);
         }
-        let body: String = response
-            .text()
+        let body = crate::body::read_capped(response, MAX_ERROR_BYTES)
             .await
-            .unwrap_or_default()
-            .chars()
-            .take(200)
-            .collect();
+            .unwrap_or_default();
+        let body: String = String::from_utf8_lossy(&body).chars().take(200).collect();
         Err(ConsulError::Answer {
             url: self.base.clone(),
             path: path.to_owned(),
@@ -413,9 +417,10 @@ impl Consul {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .ok_or_else(|| answer("no X-Consul-Index header".to_owned()))?;
-        let entries: Vec<HealthEntry> = response
-            .json()
+        let body = crate::body::read_capped(response, MAX_ANSWER_BYTES)
             .await
+            .map_err(|e| answer(e.to_string()))?;
+        let entries: Vec<HealthEntry> = serde_json::from_slice(&body)
             .map_err(|e| answer(format!("not the health API's JSON: {e}")))?;
         let instances = entries
             .into_iter()

@@ -356,6 +356,60 @@ pub fn set_node_gauges<'a>(
     known.extend(current);
 }
 
+/// How often [`sample_consumer`] refreshes the gauges and `/ready`.
+pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Refreshes, every [`SAMPLE_INTERVAL`] until the task is aborted, what a consuming service
+/// (worker, logger) reports of its consumer of `topic`/`channel`:
+///
+/// * the gauges [`CONNECTIONS`](crate::nsq_metrics::CONNECTIONS) (role `consumer`, one per
+///   nsqd) and [`IN_FLIGHT`](crate::nsq_metrics::IN_FLIGHT);
+/// * `readiness`: not ready while no nsqd delivers (with the last disconnect reasons), else
+///   while `own` returns a problem, else while Consul (`discovery`) reports one, else ready.
+///
+/// `own` is the service's part: it runs on every tick, sets the service's own gauges (e.g. its
+/// producer's connection) and returns why the service is not ready, or `None`.
+pub fn sample_consumer(
+    consumer: nsq::Consumer,
+    topic: &str,
+    channel: &str,
+    readiness: Readiness,
+    discovery: Option<Arc<crate::consul::Discovery>>,
+    mut own: impl FnMut() -> Option<String> + Send + 'static,
+) -> impl Future<Output = ()> + Send + 'static {
+    let labels = crate::nsq_metrics::consumer_labels(topic, channel);
+    let not_consuming = format!("not consuming {topic}/{channel} from any nsqd");
+    async move {
+        let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut known = std::collections::BTreeSet::new();
+        let mut reasons = DisconnectReasons::new(consumer.events());
+        loop {
+            tick.tick().await;
+            reasons.update();
+            let stats = consumer.stats();
+            set_node_gauges(
+                crate::nsq_metrics::CONNECTIONS,
+                "consumer",
+                stats.nodes.iter().map(|n| (n.addr.as_str(), n.connected)),
+                &mut known,
+            );
+            metrics::gauge!(crate::nsq_metrics::IN_FLIGHT, &labels)
+                .set(f64::from(stats.in_flight()));
+            let own_problem = own();
+            if stats.connections() == 0 {
+                readiness.set_not_ready(format!("{not_consuming}{}", reasons.describe()));
+            } else if let Some(problem) = own_problem {
+                readiness.set_not_ready(problem);
+            } else if let Some(problem) = discovery.as_ref().and_then(|d| d.problem()) {
+                readiness.set_not_ready(problem);
+            } else {
+                readiness.set_ready();
+            }
+        }
+    }
+}
+
 /// Why the connections to nsqd are down, for the reason `/ready` gives: the last disconnect
 /// reason of each nsqd (for example a TLS certificate nsqd's CA did not sign, or
 /// `E_AUTH_FAILED`), read from a consumer's events.

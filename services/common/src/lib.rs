@@ -20,7 +20,9 @@
 //! * [`telemetry`]: installs the `tracing` subscriber (text or JSON, `RUST_LOG` wins).
 //! * [`http`]: binds the HTTP port, serves `/health`, `/ready` (from a
 //!   [`Readiness`](http::Readiness) handle) and `/metrics` (Prometheus) plus the service's
-//!   own routes.
+//!   own routes; [`sample_consumer`](http::sample_consumer) keeps a consuming service's
+//!   `/ready` and connection gauges current.
+//! * [`body`]: reads an HTTP answer (from nsqlookupd, Consul, ...) up to a cap.
 //! * [`nsq_metrics`]: the names and help of the metrics every NSQ consumer and connection
 //!   of the suite has.
 //! * [`shutdown`]: a [`CancellationToken`](shutdown::CancellationToken) cancelled on SIGTERM
@@ -47,6 +49,7 @@
 #![warn(missing_docs)]
 
 pub mod addr;
+pub mod body;
 pub mod cli;
 pub mod config;
 pub mod consul;

@@ -164,7 +164,7 @@ impl ChannelWatch {
 
     /// GETs `url` and parses at most [`MAX_BODY`] bytes of JSON.
     async fn get<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, String> {
-        let mut response = self
+        let response = self
             .client
             .get(url)
             .send()
@@ -173,13 +173,9 @@ impl ChannelWatch {
         if !response.status().is_success() {
             return Err(format!("HTTP {}", response.status()));
         }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
-            if body.len() + chunk.len() > MAX_BODY {
-                return Err(format!("answer longer than {MAX_BODY} bytes"));
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = suite_common::body::read_capped(response, MAX_BODY)
+            .await
+            .map_err(|e| e.to_string())?;
         serde_json::from_slice(&body).map_err(|e| e.to_string())
     }
 

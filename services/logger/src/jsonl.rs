@@ -65,3 +65,43 @@ pub fn cut(file: &File, extent: Extent) -> io::Result<()> {
     file.set_len(extent.complete)?;
     file.sync_all()
 }
+
+/// What the property tests of the files read back with [`read_lines`] (the output, the loss
+/// list) share: their case count and the contents a crash, or anything else, may leave.
+#[cfg(test)]
+pub(crate) mod props {
+    use proptest::prelude::*;
+
+    /// A quarter of the default case count (`PROPTEST_CASES` scales it): each case writes,
+    /// reads back and syncs a real file.
+    pub fn config() -> ProptestConfig {
+        let base = ProptestConfig::default();
+        ProptestConfig {
+            cases: (base.cases / 4).max(1),
+            ..base
+        }
+    }
+
+    /// Any bytes, or a valid `text` (not empty) with a few bytes overwritten (newlines too).
+    pub fn any_content(
+        text: impl Strategy<Value = Vec<u8>> + 'static,
+    ) -> impl Strategy<Value = Vec<u8>> {
+        let mutations = proptest::collection::vec(
+            (
+                any::<prop::sample::Index>(),
+                prop_oneof![Just(b'\n'), any::<u8>()],
+            ),
+            1..4,
+        );
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..400),
+            (text, mutations).prop_map(|(mut t, mutations)| {
+                for (i, b) in mutations {
+                    let i = i.index(t.len());
+                    t[i] = b;
+                }
+                t
+            }),
+        ]
+    }
+}

@@ -225,13 +225,7 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
-        fn config() -> ProptestConfig {
-            let base = ProptestConfig::default();
-            ProptestConfig {
-                cases: (base.cases / 4).max(1),
-                ..base
-            }
-        }
+        use crate::jsonl::props::{any_content, config};
 
         prop_compose! {
             fn record()(
@@ -294,20 +288,9 @@ mod tests {
             /// naming the line, with the file untouched.
             #[test]
             fn any_content_is_accepted_and_cut_or_refused_untouched(
-                content in prop_oneof![
-                    proptest::collection::vec(any::<u8>(), 0..400),
-                    (
-                        proptest::collection::vec(record(), 1..4),
-                        proptest::collection::vec((any::<prop::sample::Index>(), prop_oneof![Just(b'\n'), any::<u8>()]), 1..4),
-                    ).prop_map(|(records, mutations)| {
-                        let mut t = text_of(&records);
-                        for (i, b) in mutations {
-                            let i = i.index(t.len());
-                            t[i] = b;
-                        }
-                        t
-                    }),
-                ],
+                content in any_content(
+                    proptest::collection::vec(record(), 1..4).prop_map(|records| text_of(&records)),
+                ),
             ) {
                 let dir = tempfile::tempdir()?;
                 let path = dir.path().join("x.lost.jsonl");

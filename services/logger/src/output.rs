@@ -984,13 +984,7 @@ mod tests {
         use crate::line::LogLine;
         use proptest::prelude::*;
 
-        fn config() -> ProptestConfig {
-            let base = ProptestConfig::default();
-            ProptestConfig {
-                cases: (base.cases / 4).max(1),
-                ..base
-            }
-        }
+        use crate::jsonl::props::{any_content, config};
 
         prop_compose! {
             fn log_line()(
@@ -1145,21 +1139,9 @@ mod tests {
             /// result line, and left as it was.
             #[test]
             fn any_content_is_accepted_and_cut_or_refused_untouched(
-                content in prop_oneof![
-                    proptest::collection::vec(any::<u8>(), 0..400),
-                    // Valid lines with a few bytes overwritten (newlines too).
-                    (
-                        proptest::collection::vec(log_line(), 1..4),
-                        proptest::collection::vec((any::<prop::sample::Index>(), prop_oneof![Just(b'\n'), any::<u8>()]), 1..4),
-                    ).prop_map(|(lines, mutations)| {
-                        let mut t = text_of(&lines);
-                        for (i, b) in mutations {
-                            let i = i.index(t.len());
-                            t[i] = b;
-                        }
-                        t
-                    }),
-                ],
+                content in any_content(
+                    proptest::collection::vec(log_line(), 1..4).prop_map(|lines| text_of(&lines)),
+                ),
             ) {
                 let dir = tempfile::tempdir()?;
                 let path = dir.path().join("out.jsonl");

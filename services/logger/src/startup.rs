@@ -9,18 +9,17 @@
 //! (CLS) while still writing what arrives, until every message is finished or requeued.
 
 use std::{
-    collections::BTreeSet,
     future::Future,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
     },
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::Context as _;
 use axum::{extract::State, routing::get, Json, Router};
-use nsq::{ConnectionConfig, Consumer, ConsumerConfig, Message};
+use nsq::{ConnectionConfig, ConsumerConfig, Message};
 use suite_common::{
     consul::{self, Discovery, Registration},
     http::{self, HttpServer, Readiness},
@@ -43,9 +42,6 @@ use crate::{
 
 /// Name of the service, in `/health`, in the metrics' `service` label and in nsqadmin.
 pub const SERVICE: &str = "logger";
-
-/// How often the connection gauges and `/ready` are refreshed.
-const SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// A built logger, ready to run.
 pub struct Application {
@@ -269,13 +265,20 @@ impl Application {
                 &s.consul,
             ));
         }
-        let sampler = tokio::spawn(sample(
-            consumer.clone(),
-            readiness.clone(),
-            Arc::clone(&writable),
-            discovery.clone(),
-            Arc::clone(&s),
-        ));
+        let sampler = {
+            let writable = Arc::clone(&writable);
+            tokio::spawn(http::sample_consumer(
+                consumer.clone(),
+                &s.topic,
+                &s.channel,
+                readiness.clone(),
+                discovery.clone(),
+                move || {
+                    (!writable.load(Ordering::Relaxed))
+                        .then(|| "the output is not writable (see the logs)".to_owned())
+                },
+            ))
+        };
         // The topic's channels (depth, clients), for the summary line and the gauges.
         let channels = Arc::new(Mutex::new(Channels::new()));
         let consul_lookupds = discovery
@@ -549,46 +552,4 @@ async fn workers_route(State(state): State<WorkersState>) -> Json<Snapshot> {
         Err(poisoned) => poisoned.into_inner().snapshot(now),
     };
     Json(snapshot)
-}
-
-/// Refreshes the connection and in-flight gauges and `/ready`, every [`SAMPLE_INTERVAL`].
-async fn sample(
-    consumer: Consumer,
-    readiness: Readiness,
-    writable: Arc<AtomicBool>,
-    discovery: Option<Arc<Discovery>>,
-    s: Arc<Config>,
-) {
-    let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut known = BTreeSet::new();
-    let mut reasons = http::DisconnectReasons::new(consumer.events());
-    loop {
-        tick.tick().await;
-        reasons.update();
-        let stats = consumer.stats();
-        let connections = stats.connections();
-        http::set_node_gauges(
-            m::CONNECTIONS,
-            "consumer",
-            stats.nodes.iter().map(|n| (n.addr.as_str(), n.connected)),
-            &mut known,
-        );
-        metrics::gauge!(m::IN_FLIGHT, "topic" => s.topic.to_string(), "channel" => s.channel.to_string())
-            .set(f64::from(stats.in_flight()));
-        if connections == 0 {
-            readiness.set_not_ready(format!(
-                "not consuming {}/{} from any nsqd{}",
-                s.topic,
-                s.channel,
-                reasons.describe()
-            ));
-        } else if !writable.load(Ordering::Relaxed) {
-            readiness.set_not_ready("the output is not writable (see the logs)");
-        } else if let Some(problem) = discovery.as_ref().and_then(|d| d.problem()) {
-            readiness.set_not_ready(problem);
-        } else {
-            readiness.set_ready();
-        }
-    }
 }

@@ -8,10 +8,10 @@
 //! resolves it closes the consumer (CLS) while still handling what arrives, waits until every
 //! message is finished or requeued, then closes the producer.
 
-use std::{collections::BTreeSet, future::Future, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use nsq::{ConnectionConfig, Consumer, ConsumerConfig, Producer, ProducerConfig};
+use nsq::{ConnectionConfig, ConsumerConfig, Producer, ProducerConfig};
 use suite_common::{
     config::ConfigError,
     consul::{self, Discovery, Registration},
@@ -25,9 +25,6 @@ use crate::{config::Config, handler::Handler, metrics as m};
 
 /// Name of the service, in `/health`, in the metrics' `service` label and in nsqadmin.
 pub const SERVICE: &str = "worker";
-
-/// How often the connection gauges and `/ready` are refreshed.
-const SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Time allowed for the producer to close after the last message.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -158,12 +155,13 @@ impl Application {
                 &s.consul,
             ));
         }
-        let sampler = tokio::spawn(sample(
+        let sampler = tokio::spawn(http::sample_consumer(
             consumer.clone(),
-            self.producer.clone(),
+            &s.topic,
+            &s.channel,
             self.readiness.clone(),
             self.discovery.clone(),
-            Arc::clone(&s),
+            producer_problem(self.producer.clone()),
         ));
 
         let handler = Handler::new(Arc::clone(&s), self.producer.clone());
@@ -239,55 +237,23 @@ fn connection_config(s: &Config) -> Result<ConnectionConfig, ConfigError> {
     }))
 }
 
-/// Refreshes the connection and in-flight gauges and `/ready`, every [`SAMPLE_INTERVAL`].
-async fn sample(
-    consumer: Consumer,
-    producer: Producer,
-    readiness: Readiness,
-    discovery: Option<Arc<Discovery>>,
-    s: Arc<Config>,
-) {
-    let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut known = BTreeSet::new();
-    let mut reasons = http::DisconnectReasons::new(consumer.events());
-    loop {
-        tick.tick().await;
-        reasons.update();
-        let stats = consumer.stats();
-        let connections = stats.connections();
+/// The worker's part of the sampler: the producer's connection gauge, and why `/ready` is
+/// not ready while the destination nsqd is not connected.
+fn producer_problem(producer: Producer) -> impl FnMut() -> Option<String> + Send + 'static {
+    move || {
         let producer_up = producer.is_connected();
-        http::set_node_gauges(
-            m::CONNECTIONS,
-            "consumer",
-            stats.nodes.iter().map(|n| (n.addr.as_str(), n.connected)),
-            &mut known,
-        );
         let destination = producer.addr();
         metrics::gauge!(m::CONNECTIONS, "role" => "producer", "nsqd" => destination.clone())
             .set(if producer_up { 1.0 } else { 0.0 });
-        metrics::gauge!(m::IN_FLIGHT, "topic" => s.topic.to_string(), "channel" => s.channel.to_string())
-            .set(f64::from(stats.in_flight()));
-        if connections == 0 {
-            readiness.set_not_ready(format!(
-                "not consuming {}/{} from any nsqd{}",
-                s.topic,
-                s.channel,
-                reasons.describe()
-            ));
-        } else if !producer_up {
-            readiness.set_not_ready(if destination.is_empty() {
-                "no destination nsqd yet: waiting for Consul to list one".to_owned()
-            } else {
-                format!(
-                    "not connected to the destination nsqd: {}",
-                    http::producer_reason(&producer.state().borrow(), &destination)
-                )
-            });
-        } else if let Some(problem) = discovery.as_ref().and_then(|d| d.problem()) {
-            readiness.set_not_ready(problem);
+        if producer_up {
+            None
+        } else if destination.is_empty() {
+            Some("no destination nsqd yet: waiting for Consul to list one".to_owned())
         } else {
-            readiness.set_ready();
+            Some(format!(
+                "not connected to the destination nsqd: {}",
+                http::producer_reason(&producer.state().borrow(), &destination)
+            ))
         }
     }
 }
