@@ -10,18 +10,36 @@ cd "$(dirname "$0")/.."
 
 scripts/system-deps.sh
 scripts/build-nsq.sh
-scripts/build-consul.sh
-NSQ_SUITE_PYTHON=$(scripts/python-env.sh)
-export NSQ_SUITE_PYTHON
-scripts/browser-env.sh
 
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+mkdir -p "$target"
 # Tests that cannot run on this machine (e.g. tests/tests/netns.rs without CAP_SYS_ADMIN) pass
 # but record why in this file (test_support::skip); the list is printed at the end, pass or fail.
-NSQ_SUITE_SKIPS_FILE="${CARGO_TARGET_DIR:-$PWD/target}/test-skips.txt"
+NSQ_SUITE_SKIPS_FILE="$target/test-skips.txt"
 export NSQ_SUITE_SKIPS_FILE
-mkdir -p "$(dirname "$NSQ_SUITE_SKIPS_FILE")"
 : >"$NSQ_SUITE_SKIPS_FILE"
-report_skips() {
+
+# The Docker test (scripts/docker-e2e.sh: a Docker engine, the images built from the Dockerfile,
+# the README's "With Docker" section run for real) runs beside the others from here on, at a
+# lower CPU priority: most of its time is an image build and waits on containers, which would
+# add about 10 minutes in series. Its output goes to a file, printed when it ends.
+# NSQ_SUITE_DOCKER=0 leaves it out (recorded as skipped, below).
+docker_log="$target/docker-e2e.log"
+docker_pid=
+if [ "${NSQ_SUITE_DOCKER:-1}" = 0 ]; then
+  echo "scripts/docker-e2e.sh: not run, NSQ_SUITE_DOCKER=0" >>"$NSQ_SUITE_SKIPS_FILE"
+else
+  echo "== docker (scripts/docker-e2e.sh, in the background; its log: $docker_log)" >&2
+  nice -n 10 scripts/docker-e2e.sh >"$docker_log" 2>&1 &
+  docker_pid=$!
+fi
+
+finish() {
+  # A failure elsewhere stops the Docker test too (it stops its containers and its dockerd).
+  if [ -n "$docker_pid" ] && kill -0 "$docker_pid" 2>/dev/null; then
+    kill -TERM "$docker_pid" 2>/dev/null || true
+    wait "$docker_pid" 2>/dev/null || true
+  fi
   if [ -s "$NSQ_SUITE_SKIPS_FILE" ]; then
     echo "== SKIPPED tests ($(wc -l <"$NSQ_SUITE_SKIPS_FILE")): they passed without checking anything here" >&2
     sed 's/^/   /' "$NSQ_SUITE_SKIPS_FILE" >&2
@@ -29,7 +47,12 @@ report_skips() {
     echo "== no test was skipped" >&2
   fi
 }
-trap report_skips EXIT
+trap finish EXIT
+
+scripts/build-consul.sh
+NSQ_SUITE_PYTHON=$(scripts/python-env.sh)
+export NSQ_SUITE_PYTHON
+scripts/browser-env.sh
 
 echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check
@@ -40,3 +63,16 @@ echo "== cargo test (unit, integration, end-to-end)" >&2
 cargo test --workspace --locked
 echo "== pytest (interop from Python)" >&2
 "$NSQ_SUITE_PYTHON" -m pytest -q tests/python
+if [ -n "$docker_pid" ]; then
+  echo "== docker: waiting for scripts/docker-e2e.sh" >&2
+  status=0
+  wait "$docker_pid" || status=$?
+  docker_pid=
+  # The journey's steps and timings; all of it when it failed.
+  if [ "$status" -ne 0 ]; then
+    cat "$docker_log" >&2
+    echo "== docker: scripts/docker-e2e.sh FAILED (exit $status)" >&2
+    exit "$status"
+  fi
+  grep -E '^(docker-e2e|\[docker-e2e)' "$docker_log" >&2
+fi

@@ -1,0 +1,426 @@
+#!/usr/bin/env python3
+"""The README's "With Docker" section, run for real against a Docker engine.
+
+Run by scripts/docker-e2e.sh, which provides the engine, `docker compose` v2 and the base images;
+run from the repository's root. Every `docker compose …` or `curl …` command this test runs as
+the user would is looked up in the README's "With Docker" section first: a command the README
+does not print fails the test, and a README command that fails is a failing test. What the test
+reads to check the outcome (`docker compose ps`, HTTP GETs, `docker image inspect`) is its own.
+
+Standard library only. Exit status 0 when every check held; a failed check raises, with what
+was expected and what was seen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+STARTED = time.monotonic()
+
+# Containers the default `docker compose up` starts, and the images built from the Dockerfile.
+SERVICES = ["nsqlookupd", "nsqd", "nsqadmin", "sensor", "worker", "logger"]
+IMAGES = {"sensor": 4190, "worker": 4191, "logger": 4192}
+# What the README states about the images ("The images").
+IMAGE_USER = "65532:65532"
+# Bound on each image's size, stated in the README: the images built here (glibc stand-in bases,
+# docker/standins) measured 11.5 to 12.9 MB.
+IMAGE_MAX_BYTES = 16 * 1000 * 1000
+
+
+def log(msg: str) -> None:
+    print(f"[docker-e2e {time.monotonic() - STARTED:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+class Failed(Exception):
+    pass
+
+
+# --- the README's commands -------------------------------------------------------------------
+
+
+def readme_commands() -> set[str]:
+    """Every command line in the ```sh blocks of the README's "With Docker" section (`\\`
+    continuations joined, trailing `# comments` removed, whitespace normalised)."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("\n## With Docker\n")
+    end = text.find("\n## ", start + 1)
+    section = text[start : end if end != -1 else len(text)]
+    commands = set()
+    for block in re.findall(r"```sh\n(.*?)```", section, re.S):
+        joined = re.sub(r"\\\n\s*", " ", block)
+        for line in joined.splitlines():
+            line = re.sub(r"\s+#.*$", "", line).strip()
+            if line and not line.startswith("#"):
+                commands.add(" ".join(shlex.split(line)))
+    return commands
+
+
+README = readme_commands()
+
+
+def readme(cmd: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+    """Runs `cmd` as printed in the README (it must be there), in the repository's root."""
+    key = " ".join(shlex.split(cmd))
+    if key not in README:
+        raise Failed(f"the test runs {cmd!r}, which README.md's 'With Docker' section does not print")
+    log(f"$ {cmd}")
+    try:
+        done = subprocess.run(
+            ["bash", "-c", cmd], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired as e:
+        raise Failed(f"README command {cmd!r} did not finish within {timeout} s") from e
+    if check and done.returncode != 0:
+        raise Failed(
+            f"README command {cmd!r} failed with exit status {done.returncode}:\n"
+            f"{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+        )
+    # nsqd's HTTP API answers an error as {"message": ...}, which curl without -f exits 0 on.
+    if check and cmd.startswith("curl") and '"message"' in done.stdout:
+        raise Failed(f"README command {cmd!r}: nsqd answered {done.stdout.strip()!r}")
+    return done
+
+
+def readme_for(cmd: str, seconds: float) -> str:
+    """Runs a README command that does not end by itself (`logs -f`, `nsq_tail`) for `seconds`
+    and returns what it printed."""
+    key = " ".join(shlex.split(cmd))
+    if key not in README:
+        raise Failed(f"the test runs {cmd!r}, which README.md's 'With Docker' section does not print")
+    log(f"$ {cmd}   (read for {seconds:.0f} s)")
+    with tempfile.TemporaryFile("w+", errors="replace") as out:
+        proc = subprocess.Popen(["bash", "-c", cmd], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            proc.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            proc.wait(timeout=10)
+        out.seek(0)
+        return out.read()
+
+
+# --- observing -------------------------------------------------------------------------------
+
+
+def own(args: list[str], timeout: float = 60) -> str:
+    """A command of the test's own (not a README step); its failure fails the test."""
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise Failed(f"{' '.join(args)} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return done.stdout
+
+
+def http(url: str, timeout: float = 5) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+    except (urllib.error.URLError, OSError) as e:
+        return 0, str(e)
+
+
+def get_json(url: str):
+    status, body = http(url)
+    if status != 200:
+        return None
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError:
+        return None
+
+
+class Pending:
+    """What a check saw when it is not done yet (shown if the wait times out)."""
+
+    def __init__(self, seen):
+        self.seen = seen
+
+    def __repr__(self) -> str:
+        return repr(self.seen)
+
+
+def wait_until(what: str, timeout: float, check):
+    """Polls `check()` every 0.5 s until it returns a truthy value other than `Pending`."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            last = check()
+        except Failed:
+            raise
+        except Exception as e:  # a transient error while containers start: keep polling
+            last = e
+        if last and not isinstance(last, (Exception, Pending)):
+            return last
+        if time.monotonic() > deadline:
+            raise Failed(f"timed out after {timeout} s waiting for {what}; last seen: {last!r}")
+        time.sleep(0.5)
+
+
+def ps() -> dict[str, list[dict]]:
+    rows = [json.loads(l) for l in own(["docker", "compose", "ps", "--format", "json"]).splitlines() if l.strip()]
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        by.setdefault(r["Service"], []).append(r)
+    return by
+
+
+def all_healthy(expect: dict[str, int]) -> dict | None:
+    """`docker compose ps`: exactly `expect[service]` running, healthy containers per service."""
+    seen = ps()
+    for service, n in expect.items():
+        rows = seen.get(service, [])
+        if len(rows) != n or any(r["State"] != "running" or r.get("Health") != "healthy" for r in rows):
+            return None
+    return {s: [r.get("Health") for r in rows] for s, rows in seen.items()}
+
+
+def channel_clients(topic: str, channel: str) -> int | None:
+    stats = get_json(f"http://127.0.0.1:4151/stats?format=json&topic={topic}")
+    if not stats:
+        return None
+    for t in stats.get("topics", []):
+        if t["topic_name"] == topic:
+            for c in t.get("channels", []):
+                if c["channel_name"] == channel:
+                    return len(c.get("clients", []))
+    return 0
+
+
+def workers_view(port: int = 4192):
+    return get_json(f"http://127.0.0.1:{port}/workers")
+
+
+def results_file() -> list[dict]:
+    """The README's own command copies the results off the volume."""
+    out = ROOT / "results.jsonl"
+    out.unlink(missing_ok=True)
+    readme("docker compose cp logger:/data/results.jsonl ./results.jsonl")
+    lines = []
+    for n, line in enumerate(out.read_text().splitlines(), 1):
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise Failed(f"results.jsonl line {n} is not JSON ({e}): {line[:200]!r}") from e
+    out.unlink()
+    return lines
+
+
+def completeness(lines: list[dict]) -> tuple[int, list[str]]:
+    """(results, problems): each (sensor, epoch, seq) once, and each epoch's seqs 1..max with
+    no hole."""
+    problems = []
+    keys = Counter((r["sensor_id"], r["epoch"], r["seq"]) for r in lines)
+    dups = [k for k, n in keys.items() if n > 1]
+    if dups:
+        problems.append(f"{len(dups)} readings logged more than once, e.g. {dups[:3]}")
+    epochs: dict[tuple, set] = {}
+    for sensor, epoch, seq in keys:
+        epochs.setdefault((sensor, epoch), set()).add(seq)
+    for (sensor, epoch), seqs in epochs.items():
+        missing = set(range(1, max(seqs) + 1)) - seqs
+        if missing:
+            problems.append(f"{sensor} epoch {epoch}: {len(missing)} of 1..{max(seqs)} missing, e.g. {sorted(missing)[:5]}")
+    return len(lines), problems
+
+
+def complete_and_unique(what: str, at_least: int, timeout: float = 90) -> list[dict]:
+    """Waits until the results file holds at least `at_least` results, complete and unique.
+    Replay fills holes after a crash within seconds (the logger asks at its gap timeout), so
+    holes are waited out; a duplicate is final (the file is append-only), so it fails at once."""
+    def check():
+        lines = results_file()
+        n, problems = completeness(lines)
+        if any("more than once" in p for p in problems):
+            raise Failed(f"{what}: {problems}")
+        if n >= at_least and not problems:
+            return lines
+        return Pending(f"{n} results; {problems[:3]}")
+
+    lines = wait_until(f"{what}: >= {at_least} results, complete and unique", timeout, check)
+    log(f"{what}: {len(lines)} results, complete and unique")
+    return lines
+
+
+# --- the journey -----------------------------------------------------------------------------
+
+
+def images() -> None:
+    for name, port in IMAGES.items():
+        info = json.loads(own(["docker", "image", "inspect", f"nsq-suite/{name}"]))[0]
+        cfg = info["Config"]
+        size = info["Size"]
+        log(f"image nsq-suite/{name}: {size / 1e6:.1f} MB, user {cfg.get('User')}, "
+            f"entrypoint {cfg.get('Entrypoint')}, healthcheck {cfg.get('Healthcheck', {}).get('Test')}")
+        binary = f"/usr/local/bin/{name}"
+        expect = {
+            "User": IMAGE_USER,
+            "Entrypoint": [binary],
+            "Healthcheck": ["CMD", binary, "healthcheck"],
+        }
+        got = {"User": cfg.get("User"), "Entrypoint": cfg.get("Entrypoint"),
+               "Healthcheck": (cfg.get("Healthcheck") or {}).get("Test")}
+        if got != expect:
+            raise Failed(f"nsq-suite/{name}: expected {expect}, got {got}")
+        if f"{port}/tcp" not in (cfg.get("ExposedPorts") or {}):
+            raise Failed(f"nsq-suite/{name} does not expose {port}: {cfg.get('ExposedPorts')}")
+        if size > IMAGE_MAX_BYTES:
+            raise Failed(f"nsq-suite/{name} is {size} bytes, over the README's bound {IMAGE_MAX_BYTES}")
+        # No shell in the image (README: "no shell, so copy the file out").
+        sh = subprocess.run(["docker", "run", "--rm", "--entrypoint", "/bin/sh", f"nsq-suite/{name}", "-c", "true"],
+                            capture_output=True, text=True, timeout=60)
+        if sh.returncode == 0:
+            raise Failed(f"nsq-suite/{name} has a /bin/sh")
+
+
+def main() -> None:
+    readme("docker compose build", timeout=1800)
+    log("built the three images")
+    images()
+
+    readme("docker compose up -d", timeout=300)
+    health = wait_until("the 6 containers healthy", 180, lambda: all_healthy({s: 1 for s in SERVICES}))
+    log(f"healthy: {health}")
+    complete_and_unique("first results", at_least=20)
+
+    # --- scaling: three workers share the channel `worker` ---
+    readme("docker compose up -d --scale worker=3", timeout=300)
+    wait_until("3 healthy workers", 180, lambda: all_healthy({**{s: 1 for s in SERVICES}, "worker": 3}))
+    wait_until("3 clients on channel worker in nsqd's /stats", 60, lambda: channel_clients("sensor_data", "worker") == 3)
+
+    # A 5 s window at 10 readings/s holds ~50 results; NSQ gives each message to one of the
+    # ready clients, so each share is about binomial(50, 1/3): 33 % +- 7 %. A window with each
+    # share within 15..55 % (more than 2.5 standard deviations) comes within a few windows.
+    def even_shares():
+        view = workers_view()
+        if not view or len(view.get("workers", [])) != 3:
+            return None
+        shares = [w["share"] for w in view["workers"]]
+        return shares if all(0.15 <= s <= 0.55 for s in shares) else None
+
+    shares = wait_until("/workers: 3 workers, each near a third", 90, even_shares)
+    log(f"/workers shares: {[round(s * 100) for s in shares]} %")
+    logs = readme_for("docker compose logs -f logger", 5)
+    if not re.search(r"\b3 workers\b", logs):
+        raise Failed(f"the logger's summary never said '3 workers':\n{logs[-3000:]}")
+    port = readme("docker compose port --index=2 worker 4191").stdout.strip().rsplit(":", 1)[-1]
+    status, body = http(f"http://127.0.0.1:{port}/health")
+    if status != 200 or '"worker"' not in body:
+        raise Failed(f"replica 2's /health on host port {port}: {status} {body!r}")
+
+    # nsqadmin lists the topics.
+    topics = wait_until("nsqadmin's topics", 30, lambda: get_json("http://127.0.0.1:4171/api/topics"))
+    for t in ["sensor_data", "results"]:
+        if t not in topics.get("topics", []):
+            raise Failed(f"nsqadmin on 4171 does not list {t}: {topics}")
+    status, _ = http("http://127.0.0.1:4171/")
+    if status != 200:
+        raise Failed(f"nsqadmin's page answered {status}")
+
+    lines = complete_and_unique("with 3 workers", at_least=1)
+    workers = {r["worker_id"] for r in lines}
+    if len(workers) < 3:
+        raise Failed(f"results from {len(workers)} workers, expected 3 or more: {workers}")
+
+    # --- scaling down ---
+    readme("docker compose up -d --scale worker=1", timeout=300)
+    wait_until("1 client on channel worker", 60, lambda: channel_clients("sensor_data", "worker") == 1)
+    wait_until("/workers: 1 worker", 60, lambda: (v := workers_view()) and len(v["workers"]) == 1)
+
+    # --- fan-out: the archive profile ---
+    readme("docker compose --profile archive up -d", timeout=300)
+    archived = wait_until("results on the archive's channel", 90,
+                          lambda: (v := workers_view(4193)) and v.get("count", 0) > 0 and v)
+    log(f"archive: {archived['count']} results in its window")
+
+    # --- nsqd crashes and comes back; lost readings are replayed ---
+    before = len(results_file())
+    readme("docker compose kill nsqd")
+    readme("docker compose start nsqd")
+    wait_until("nsqd healthy again", 120, lambda: all_healthy({"nsqd": 1, "logger": 1, "sensor": 1, "worker": 1}))
+    complete_and_unique("after nsqd was killed and started", at_least=before + 50, timeout=120)
+
+    # --- down, then up: the volumes keep the results, the logger keeps writing ---
+    before = results_file()
+    readme("docker compose --profile archive down", timeout=300)
+    nothing_left("docker compose --profile archive down")
+    readme("docker compose up -d", timeout=300)
+    wait_until("healthy again after down/up", 180, lambda: all_healthy({s: 1 for s in SERVICES}))
+    after = complete_and_unique("after down and up", at_least=len(before) + 30)
+    if after[: len(before)] != before:
+        raise Failed("the results written before `down` changed after `up`")
+    new_epochs = {(r["sensor_id"], r["epoch"]) for r in after[len(before):]} - {(r["sensor_id"], r["epoch"]) for r in before}
+    log(f"after down/up: {len(after) - len(before)} new results, new sensor epochs {sorted(new_epochs)}")
+
+    # --- the dead-letter recipe ---
+    readme("curl -X POST 'http://localhost:4151/topic/create?topic=sensor_data.dead'")
+    readme("curl -X POST 'http://localhost:4151/channel/create?topic=sensor_data.dead&channel=inspect'")
+    readme("curl -d 'not a reading' 'http://localhost:4151/pub?topic=sensor_data'")
+    wait_until("the dead letter on channel inspect", 60,
+               lambda: (d := depth("sensor_data.dead", "inspect")) and d >= 1)
+    tail = readme_for(
+        "docker compose exec nsqd nsq_tail --lookupd-http-address=nsqlookupd:4161 "
+        "--topic=sensor_data.dead --channel=inspect", 10)
+    if "sensor_data" not in tail or "worker" not in tail:
+        raise Failed(f"nsq_tail did not print the dead letter (topic and channel names):\n{tail[-2000:]}")
+    log("nsq_tail printed the dead letter")
+
+    # --- configuration ---
+    helptext = readme("docker compose run --rm --no-deps worker --help").stdout
+    if "WORKER_LOOKUPD_HTTP_ADDRESS" not in helptext:
+        raise Failed(f"worker --help does not list its variables:\n{helptext[:2000]}")
+    printed = readme("docker compose run --rm --no-deps worker --print-config").stdout
+    if "nsqlookupd:4161" not in printed:
+        raise Failed(f"worker --print-config does not show the compose environment:\n{printed[:2000]}")
+
+    readme("docker compose down", timeout=300)
+    nothing_left("docker compose down")
+    readme("docker compose --profile archive down -v", timeout=300)
+    volumes = own(["docker", "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={ROOT.name}"]).split()
+    if volumes:
+        raise Failed(f"`down -v` left volumes: {volumes}")
+    log(f"passed in {time.monotonic() - STARTED:.0f} s")
+
+
+def nothing_left(after: str) -> None:
+    left = own(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={ROOT.name}"]).split()
+    if left:
+        raise Failed(f"`{after}` left {len(left)} containers of the project")
+
+
+def depth(topic: str, channel: str) -> int | None:
+    stats = get_json(f"http://127.0.0.1:4151/stats?format=json&topic={topic}")
+    if not stats:
+        return None
+    for t in stats.get("topics", []):
+        for c in t.get("channels", []) if t["topic_name"] == topic else []:
+            if c["channel_name"] == channel:
+                return c["depth"] + c["in_flight_count"]
+    return None
+
+
+if __name__ == "__main__":
+    os.chdir(ROOT)
+    try:
+        main()
+    except Exception as e:  # a failed check, or the test's own error: both fail the run
+        log(f"FAILED: {type(e).__name__}: {e}")
+        # What the containers were doing, for the reader of a failed CI run.
+        for args in (["docker", "compose", "--profile", "archive", "ps", "-a"],
+                     ["docker", "compose", "--profile", "archive", "logs", "--tail", "30", "--no-color"]):
+            done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60)
+            print(done.stdout[-20000:], done.stderr[-2000:], file=sys.stderr)
+        sys.exit(1)
