@@ -7,8 +7,8 @@
 # What it sets up, each only when missing:
 #   - Debian's docker.io (the engine) and debootstrap, as root with apt-get;
 #   - a Docker daemon: it starts `dockerd` and stops it at the end. It refuses to use a daemon
-#     it did not start (it tags a local stand-in as nsqio/nsq:v1.3.0 there), unless
-#     DOCKER_E2E_USE_RUNNING=1;
+#     it did not start (it tags local stand-ins as nsqio/nsq:v1.3.0 and hashicorp/consul:1.13.9
+#     there), unless DOCKER_E2E_USE_RUNNING=1;
 #   - Docker Compose v2.40.3, built from source (scripts/build-compose.sh) and installed as the
 #     `docker compose` CLI plugin in a private DOCKER_CONFIG;
 #   - the base images, as local stand-ins (docker/standins/README.md): Docker Hub and gcr.io are
@@ -44,7 +44,7 @@ dockerd_pid=
 cleanup() {
   local rc=$?
   if [ -n "$dockerd_pid" ]; then
-    docker compose --profile archive down -v --remove-orphans >/dev/null 2>&1 || true
+    docker compose --profile archive --profile consul down -v --remove-orphans >/dev/null 2>&1 || true
     log "stopping the dockerd it started (pid $dockerd_pid)"
     "${as_root[@]}" kill -TERM "$dockerd_pid" 2>/dev/null || true
     for _ in $(seq 1 60); do "${as_root[@]}" kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.5; done
@@ -57,7 +57,7 @@ trap 'exit 130' INT TERM
 
 if docker info >/dev/null 2>&1; then
   if [ "${DOCKER_E2E_USE_RUNNING:-0}" != 1 ]; then
-    log "a Docker daemon is already running. This test starts its own, because it tags a local stand-in as nsqio/nsq:v1.3.0 in it; stop that daemon first, or set DOCKER_E2E_USE_RUNNING=1 to use it anyway"
+    log "a Docker daemon is already running. This test starts its own, because it tags local stand-ins as nsqio/nsq:v1.3.0 and hashicorp/consul:1.13.9 in it; stop that daemon first, or set DOCKER_E2E_USE_RUNNING=1 to use it anyway"
     exit 1
   fi
   log "using the running Docker daemon (DOCKER_E2E_USE_RUNNING=1)"
@@ -92,14 +92,25 @@ while IFS='=' read -r key value; do
   case $key in
     RUST_IMAGE | RUNTIME_IMAGE) export "$key=$value" ;;
     NSQ_IMAGE) nsq_image=$value ;;
+    CONSUL_IMAGE) consul_image=$value ;;
   esac
 done < <(docker/standins/build.sh)
-# The compose file names the official image; in this daemon only, that name is the stand-in.
+# The compose file names the official images; in this daemon only, those names are stand-ins.
 docker tag "$nsq_image" nsqio/nsq:v1.3.0
-log "stand-ins: RUST_IMAGE=$RUST_IMAGE RUNTIME_IMAGE=$RUNTIME_IMAGE nsqio/nsq:v1.3.0=$nsq_image"
+docker tag "$consul_image" hashicorp/consul:1.13.9
+log "stand-ins: RUST_IMAGE=$RUST_IMAGE RUNTIME_IMAGE=$RUNTIME_IMAGE nsqio/nsq:v1.3.0=$nsq_image hashicorp/consul:1.13.9=$consul_image"
+
+# scripts/test.sh starts this script early, so that the downloads above overlap its Rust build,
+# and holds the image build (minutes of CPU) until its own compiling is done: on 2 cores the two
+# builds side by side slowed each other more than they overlapped.
+if [ -n "${DOCKER_E2E_WAIT_FOR:-}" ]; then
+  log "waiting for $DOCKER_E2E_WAIT_FOR before building the images"
+  while [ ! -e "$DOCKER_E2E_WAIT_FOR" ]; do sleep 1; done
+  log "building"
+fi
 
 # --- the journey ---
 # A run interrupted earlier may have left the project's containers and volumes.
-docker compose --profile archive down -v --remove-orphans >/dev/null 2>&1 || true
+docker compose --profile archive --profile consul down -v --remove-orphans >/dev/null 2>&1 || true
 python3 tests/docker/e2e.py
 log "passed"

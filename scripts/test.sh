@@ -30,6 +30,10 @@ if [ "${NSQ_SUITE_DOCKER:-1}" = 0 ]; then
   echo "scripts/docker-e2e.sh: not run, NSQ_SUITE_DOCKER=0" >>"$NSQ_SUITE_SKIPS_FILE"
 else
   echo "== docker (scripts/docker-e2e.sh, in the background; its log: $docker_log)" >&2
+  # It prepares at once (engine, compose, base images) and builds the images once the Rust
+  # tests are compiled (this file appears), while they run.
+  export DOCKER_E2E_WAIT_FOR="$target/docker-e2e.go"
+  rm -f "$DOCKER_E2E_WAIT_FOR"
   nice -n 10 scripts/docker-e2e.sh >"$docker_log" 2>&1 &
   docker_pid=$!
 fi
@@ -60,6 +64,8 @@ echo "== cargo clippy" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test (unit, integration, end-to-end)" >&2
 # `cargo test --workspace` also builds the service binaries the end-to-end tests run.
+cargo test --workspace --locked --no-run
+touch "$target/docker-e2e.go"
 cargo test --workspace --locked
 echo "== pytest (interop from Python)" >&2
 "$NSQ_SUITE_PYTHON" -m pytest -q tests/python

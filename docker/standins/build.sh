@@ -10,8 +10,10 @@
 #   nsq-suite-standin/rust:<host rustc>  the above plus the host's Rust toolchain
 #   nsq-suite-standin/runtime:nonroot    FROM scratch: glibc, CA certificates, user nonroot
 #   nsq-suite-standin/nsq:v1.3.0         FROM scratch: static busybox and NSQ v1.3.0
+#   nsq-suite-standin/consul:1.13.9      the Debian one plus Consul v1.13.9 (scripts/build-consul.sh)
 #
-# Prints the build arguments that select them, one per line (RUST_IMAGE=…, RUNTIME_IMAGE=…).
+# Prints the build arguments that select them, one per line (RUST_IMAGE=…, RUNTIME_IMAGE=…),
+# and the NSQ and Consul stand-ins (NSQ_IMAGE=…, CONSUL_IMAGE=…).
 # Needs root (debootstrap) and the `debootstrap` package; the Debian rootfs is cached in
 # target/standins/ (DEBIAN_MIRROR picks the mirror, default deb.debian.org).
 set -euo pipefail
@@ -105,6 +107,18 @@ if ! has_image "$nsq_image"; then
   docker build -q -t "$nsq_image" "$n" >/dev/null
 fi
 
+consul_image=nsq-suite-standin/consul:1.13.9
+if ! has_image "$consul_image"; then
+  log "building $consul_image"
+  c=$stage/consul
+  mkdir -p "$c"
+  "$root/scripts/build-consul.sh"
+  cp "${CONSUL_BIN_DIR:-$root/.consul-bin}/consul" "$c/"
+  cp "$here/consul/Dockerfile" "$here/consul/docker-entrypoint.sh" "$c/"
+  docker build -q -t "$consul_image" "$c" >/dev/null
+fi
+
 echo "RUST_IMAGE=$rust_image"
 echo "RUNTIME_IMAGE=$runtime_image"
 echo "NSQ_IMAGE=$nsq_image"
+echo "CONSUL_IMAGE=$consul_image"

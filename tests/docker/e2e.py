@@ -181,7 +181,8 @@ def wait_until(what: str, timeout: float, check):
 
 
 def ps() -> dict[str, list[dict]]:
-    rows = [json.loads(l) for l in own(["docker", "compose", "ps", "--format", "json"]).splitlines() if l.strip()]
+    every = ["--profile", "archive", "--profile", "consul"]
+    rows = [json.loads(l) for l in own(["docker", "compose", *every, "ps", "--format", "json"]).splitlines() if l.strip()]
     by: dict[str, list[dict]] = {}
     for r in rows:
         by.setdefault(r["Service"], []).append(r)
@@ -380,11 +381,11 @@ def main() -> None:
     readme("curl -d 'not a reading' 'http://localhost:4151/pub?topic=sensor_data'")
     wait_until("the dead letter on channel inspect", 60,
                lambda: (d := depth("sensor_data.dead", "inspect")) and d >= 1)
-    # A dead letter names its topic and channel in clear text (README: "the text fields ...").
+    # The dead letter carries the original body, which is text here, and its reason.
     readme_for(
         "docker compose exec nsqd nsq_tail --lookupd-http-address=nsqlookupd:4161 "
         "--topic=sensor_data.dead --channel=inspect", 60,
-        until=lambda out: "sensor_data" in out and "worker" in out)
+        until=lambda out: "not a reading" in out)
     log("nsq_tail printed the dead letter")
 
     # --- configuration ---
@@ -397,6 +398,42 @@ def main() -> None:
 
     readme("docker compose down", timeout=300)
     nothing_left("docker compose down")
+
+    # --- service discovery: the consul profile ---
+    readme("docker compose --profile consul up -d", timeout=300)
+    wait_until("Consul and worker-consul healthy", 180,
+               lambda: all_healthy({**{s: 1 for s in SERVICES}, "consul": 1, "worker-consul": 1}))
+
+    consul_worker = next(r["Name"] for r in ps()["worker-consul"])
+    host = own(["docker", "inspect", "-f", "{{.Config.Hostname}}", consul_worker]).strip()
+
+    # Only worker-consul is given Consul's address; it registers as `worker-<host>-<pid>-<port>`.
+    def registered():
+        passing = get_json("http://127.0.0.1:8500/v1/health/service/worker?passing")
+        ids = [e["Service"]["ID"] for e in passing or []]
+        return ids if any(host in i for i in ids) else Pending(ids)
+
+    ids = wait_until("worker-consul passing in Consul", 90, registered)
+    for name in ["nsqlookupd", "nsqd", "nsqadmin"]:
+        if not get_json(f"http://127.0.0.1:8500/v1/health/service/{name}?passing"):
+            raise Failed(f"Consul lists no passing {name}")
+    status, body = http("http://127.0.0.1:4194/ready")
+    if status != 200:
+        raise Failed(f"worker-consul's /ready: {status} {body}")
+
+    def consul_worker_results():
+        lines = results_file()
+        mine = sum(1 for r in lines if r["worker_id"].startswith(host))
+        _, problems = completeness(lines)
+        if any("more than once" in p for p in problems):
+            raise Failed(f"with the consul profile: {problems}")
+        return lines if mine and not problems else Pending(f"{mine} results from {host}; {problems[:3]}")
+
+    wait_until("results from worker-consul, complete and unique", 90, consul_worker_results)
+    log(f"consul profile: workers passing in Consul {ids}; worker-consul ({host}) logged results")
+    readme("docker compose --profile consul down", timeout=300)
+    nothing_left("docker compose --profile consul down")
+
     readme("docker compose --profile archive down -v", timeout=300)
     volumes = own(["docker", "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={ROOT.name}"]).split()
     if volumes:
@@ -428,8 +465,9 @@ if __name__ == "__main__":
     except Exception as e:  # a failed check, or the test's own error: both fail the run
         log(f"FAILED: {type(e).__name__}: {e}")
         # What the containers were doing, for the reader of a failed CI run.
-        for args in (["docker", "compose", "--profile", "archive", "ps", "-a"],
-                     ["docker", "compose", "--profile", "archive", "logs", "--tail", "30", "--no-color"]):
+        every = ["--profile", "archive", "--profile", "consul"]
+        for args in (["docker", "compose", *every, "ps", "-a"],
+                     ["docker", "compose", *every, "logs", "--tail", "30", "--no-color"]):
             done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60)
             print(done.stdout[-20000:], done.stderr[-2000:], file=sys.stderr)
         sys.exit(1)
