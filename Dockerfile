@@ -20,9 +20,10 @@
 #   runtime  distroless/static: no shell, no package manager, no libc (the binaries are
 #            static musl executables), runs as the unprivileged user `nonroot` (65532).
 #
-# Size (estimated, not measured with Docker): distroless/static-debian12 is about 2 MB; the
-# stripped static binaries, built with this file's settings, measured 5.8 MB (sensor), 6.9 MB
-# (worker) and 7.0 MB (logger), so each image is about 8-9 MB.
+# Size, measured by scripts/docker-e2e.sh, which builds this file on local stand-ins for the
+# base images (docker/standins: glibc, not musl): 12.0 MB (sensor), 11.5 MB (worker), 12.9 MB
+# (logger), of which 3.5 MB is the stand-in runtime with glibc. With the official bases each
+# image is its static binary plus distroless/static (about 2 MB); that build is not run in CI.
 
 ARG RUST_VERSION=1.95
 ARG CARGO_CHEF_VERSION=0.1.78

@@ -34,14 +34,15 @@ else
   # tests are compiled (this file appears), while they run.
   export DOCKER_E2E_WAIT_FOR="$target/docker-e2e.go"
   rm -f "$DOCKER_E2E_WAIT_FOR"
-  nice -n 10 scripts/docker-e2e.sh >"$docker_log" 2>&1 &
+  # Its own process group (setsid), so that a failure elsewhere can stop all of it at once.
+  setsid nice -n 10 scripts/docker-e2e.sh >"$docker_log" 2>&1 &
   docker_pid=$!
 fi
 
 finish() {
   # A failure elsewhere stops the Docker test too (it stops its containers and its dockerd).
   if [ -n "$docker_pid" ] && kill -0 "$docker_pid" 2>/dev/null; then
-    kill -TERM "$docker_pid" 2>/dev/null || true
+    kill -TERM -- "-$docker_pid" 2>/dev/null || true
     wait "$docker_pid" 2>/dev/null || true
   fi
   if [ -s "$NSQ_SUITE_SKIPS_FILE" ]; then
