@@ -39,12 +39,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The project's containers and volumes in every profile, gone (best effort).
+remove_project() {
+  docker compose --profile archive --profile consul down -v --remove-orphans >/dev/null 2>&1 || true
+}
+
 work=$(mktemp -d)
 dockerd_pid=
 cleanup() {
   local rc=$?
   if [ -n "$dockerd_pid" ]; then
-    docker compose --profile archive --profile consul down -v --remove-orphans >/dev/null 2>&1 || true
+    remove_project
     log "stopping the dockerd it started (pid $dockerd_pid)"
     "${as_root[@]}" kill -TERM "$dockerd_pid" 2>/dev/null || true
     for _ in $(seq 1 60); do "${as_root[@]}" kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.5; done
@@ -111,6 +116,6 @@ fi
 
 # --- the journey ---
 # A run interrupted earlier may have left the project's containers and volumes.
-docker compose --profile archive --profile consul down -v --remove-orphans >/dev/null 2>&1 || true
+remove_project
 python3 tests/docker/e2e.py
 log "passed"

@@ -25,6 +25,9 @@ export NSQ_SUITE_SKIPS_FILE
 # add about 10 minutes in series. Its output goes to a file, printed when it ends.
 # NSQ_SUITE_DOCKER=0 leaves it out (recorded as skipped, below).
 docker_log="$target/docker-e2e.log"
+# Appears once the Rust tests are compiled: the Docker test builds its images from then on.
+docker_go="$target/docker-e2e.go"
+rm -f "$docker_go"
 docker_pid=
 if [ "${NSQ_SUITE_DOCKER:-1}" = 0 ]; then
   echo "scripts/docker-e2e.sh: not run, NSQ_SUITE_DOCKER=0" >>"$NSQ_SUITE_SKIPS_FILE"
@@ -32,8 +35,7 @@ else
   echo "== docker (scripts/docker-e2e.sh, in the background; its log: $docker_log)" >&2
   # It prepares at once (engine, compose, base images) and builds the images once the Rust
   # tests are compiled (this file appears), while they run.
-  export DOCKER_E2E_WAIT_FOR="$target/docker-e2e.go"
-  rm -f "$DOCKER_E2E_WAIT_FOR"
+  export DOCKER_E2E_WAIT_FOR="$docker_go"
   # Its own process group (setsid), so that a failure elsewhere can stop all of it at once.
   setsid nice -n 10 scripts/docker-e2e.sh >"$docker_log" 2>&1 &
   docker_pid=$!
@@ -66,7 +68,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test (unit, integration, end-to-end)" >&2
 # `cargo test --workspace` also builds the service binaries the end-to-end tests run.
 cargo test --workspace --locked --no-run
-touch "$target/docker-e2e.go"
+touch "$docker_go"
 cargo test --workspace --locked
 echo "== pytest (interop from Python)" >&2
 "$NSQ_SUITE_PYTHON" -m pytest -q tests/python

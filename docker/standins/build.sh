@@ -34,10 +34,13 @@ rust_version=$(rustc --version | awk '{print $2}')
 rust_image=nsq-suite-standin/rust:$rust_version
 runtime_image=nsq-suite-standin/runtime:nonroot
 nsq_image=nsq-suite-standin/nsq:v1.3.0
+consul_image=nsq-suite-standin/consul:1.13.9
 debian_image=nsq-suite-standin/debian:$suite
 
 rootfs=$cache/rootfs-$suite
-if [ ! -f "$rootfs/.complete" ] && ! { has_image "$debian_image" && has_image "$runtime_image" && has_image "$rust_image"; }; then
+# The rootfs is needed for any image made from its files: the Debian one (on which the Rust and
+# Consul ones build), the runtime (glibc) and NSQ's (busybox).
+if [ ! -f "$rootfs/.complete" ] && ! { has_image "$debian_image" && has_image "$runtime_image" && has_image "$nsq_image"; }; then
   command -v debootstrap >/dev/null || { log "debootstrap is missing (apt-get install debootstrap)"; exit 1; }
   [ "$(id -u)" -eq 0 ] || { log "debootstrap needs root"; exit 1; }
   log "debootstrap $suite from $mirror into $rootfs (about 1-2 min, first time only)"
@@ -98,8 +101,7 @@ if ! has_image "$nsq_image"; then
   "$root/scripts/build-nsq.sh"
   bins=${NSQ_BIN_DIR:-$root/.nsq-bin}
   cp "$bins"/nsq* "$bins"/to_nsq "$n/bin/"
-  # busybox-static from the rootfs when there is one, else from the host's package.
-  if [ -x "$rootfs/bin/busybox" ]; then cp "$rootfs/bin/busybox" "$n/"; else cp /bin/busybox "$n/"; fi
+  cp "$rootfs/bin/busybox" "$n/"
   printf '%s\n' 'hosts: files dns' >"$n/etc/nsswitch.conf"
   printf '%s\n' 'root:x:0:0:root:/root:/bin/sh' 'nobody:x:65534:65534:nobody:/:/bin/false' >"$n/etc/passwd"
   printf '%s\n' 'root:x:0:' 'nobody:x:65534:' >"$n/etc/group"
@@ -107,7 +109,6 @@ if ! has_image "$nsq_image"; then
   docker build -q -t "$nsq_image" "$n" >/dev/null
 fi
 
-consul_image=nsq-suite-standin/consul:1.13.9
 if ! has_image "$consul_image"; then
   log "building $consul_image"
   c=$stage/consul

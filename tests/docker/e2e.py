@@ -32,6 +32,10 @@ STARTED = time.monotonic()
 # Containers the default `docker compose up` starts, and the images built from the Dockerfile.
 SERVICES = ["nsqlookupd", "nsqd", "nsqadmin", "sensor", "worker", "logger"]
 IMAGES = {"sensor": 4190, "worker": 4191, "logger": 4192}
+# Every profile of the compose file: `ps`, `logs` and the clean-up see their containers too.
+EVERY_PROFILE = ["--profile", "archive", "--profile", "consul"]
+# What Docker labels the project's containers and volumes with (the project is the folder).
+PROJECT_LABEL = f"label=com.docker.compose.project={ROOT.name}"
 # What the README states about the images ("The images").
 IMAGE_USER = "65532:65532"
 # Bound on each image's size, stated in the README: the images built here (glibc stand-in bases,
@@ -70,11 +74,15 @@ def readme_commands() -> set[str]:
 README = readme_commands()
 
 
+def in_readme(cmd: str) -> None:
+    """Fails unless the README's "With Docker" section prints `cmd`."""
+    if " ".join(shlex.split(cmd)) not in README:
+        raise Failed(f"the test runs {cmd!r}, which README.md's 'With Docker' section does not print")
+
+
 def readme(cmd: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
     """Runs `cmd` as printed in the README (it must be there), in the repository's root."""
-    key = " ".join(shlex.split(cmd))
-    if key not in README:
-        raise Failed(f"the test runs {cmd!r}, which README.md's 'With Docker' section does not print")
+    in_readme(cmd)
     log(f"$ {cmd}")
     try:
         done = subprocess.run(
@@ -97,9 +105,7 @@ def readme_for(cmd: str, seconds: float, until=None) -> str:
     """Runs a README command that does not end by itself (`logs -f`, `nsq_tail`) until what it
     printed satisfies `until` (or for `seconds` when there is no `until`), then stops it and
     returns what it printed. With `until`, not seeing it within `seconds` fails the test."""
-    key = " ".join(shlex.split(cmd))
-    if key not in README:
-        raise Failed(f"the test runs {cmd!r}, which README.md's 'With Docker' section does not print")
+    in_readme(cmd)
     log(f"$ {cmd}   (reading its output, {seconds:.0f} s at most)")
     with tempfile.TemporaryFile("w+", errors="replace") as out:
         proc = subprocess.Popen(["bash", "-c", cmd], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
@@ -181,8 +187,7 @@ def wait_until(what: str, timeout: float, check):
 
 
 def ps() -> dict[str, list[dict]]:
-    every = ["--profile", "archive", "--profile", "consul"]
-    rows = [json.loads(l) for l in own(["docker", "compose", *every, "ps", "--format", "json"]).splitlines() if l.strip()]
+    rows = [json.loads(l) for l in own(["docker", "compose", *EVERY_PROFILE, "ps", "--format", "json"]).splitlines() if l.strip()]
     by: dict[str, list[dict]] = {}
     for r in rows:
         by.setdefault(r["Service"], []).append(r)
@@ -199,16 +204,20 @@ def all_healthy(expect: dict[str, int]) -> dict | None:
     return {s: [r.get("Health") for r in rows] for s, rows in seen.items()}
 
 
-def channel_clients(topic: str, channel: str) -> int | None:
+def channel_stats(topic: str, channel: str) -> dict | None:
+    """The channel's entry in nsqd's /stats (on the host port), or None while there is none."""
     stats = get_json(f"http://127.0.0.1:4151/stats?format=json&topic={topic}")
-    if not stats:
-        return None
-    for t in stats.get("topics", []):
+    for t in (stats or {}).get("topics", []):
         if t["topic_name"] == topic:
             for c in t.get("channels", []):
                 if c["channel_name"] == channel:
-                    return len(c.get("clients", []))
-    return 0
+                    return c
+    return None
+
+
+def channel_clients(topic: str, channel: str) -> int | None:
+    c = channel_stats(topic, channel)
+    return None if c is None else len(c.get("clients", []))
 
 
 def workers_view(port: int = 4192):
@@ -230,36 +239,36 @@ def results_file() -> list[dict]:
     return lines
 
 
-def completeness(lines: list[dict]) -> tuple[int, list[str]]:
-    """(results, problems): each (sensor, epoch, seq) once, and each epoch's seqs 1..max with
-    no hole."""
-    problems = []
+def duplicates_and_holes(lines: list[dict]) -> tuple[list[tuple], list[str]]:
+    """The (sensor, epoch, seq) logged more than once, and the holes: each epoch's seqs must be
+    1..max."""
     keys = Counter((r["sensor_id"], r["epoch"], r["seq"]) for r in lines)
     dups = [k for k, n in keys.items() if n > 1]
-    if dups:
-        problems.append(f"{len(dups)} readings logged more than once, e.g. {dups[:3]}")
     epochs: dict[tuple, set] = {}
     for sensor, epoch, seq in keys:
         epochs.setdefault((sensor, epoch), set()).add(seq)
+    holes = []
     for (sensor, epoch), seqs in epochs.items():
         missing = set(range(1, max(seqs) + 1)) - seqs
         if missing:
-            problems.append(f"{sensor} epoch {epoch}: {len(missing)} of 1..{max(seqs)} missing, e.g. {sorted(missing)[:5]}")
-    return len(lines), problems
+            holes.append(f"{sensor} epoch {epoch}: {len(missing)} of 1..{max(seqs)} missing, e.g. {sorted(missing)[:5]}")
+    return dups, holes
 
 
-def complete_and_unique(what: str, at_least: int, timeout: float = 90) -> list[dict]:
-    """Waits until the results file holds at least `at_least` results, complete and unique.
+def complete_and_unique(what: str, at_least: int, timeout: float = 90, also=None) -> list[dict]:
+    """Waits until the results file holds at least `at_least` results, complete and unique,
+    and `also(lines)` (if given) finds nothing missing (it returns what is, else None).
     Replay fills holes after a crash within seconds (the logger asks at its gap timeout), so
     holes are waited out; a duplicate is final (the file is append-only), so it fails at once."""
     def check():
         lines = results_file()
-        n, problems = completeness(lines)
-        if any("more than once" in p for p in problems):
-            raise Failed(f"{what}: {problems}")
-        if n >= at_least and not problems:
+        dups, holes = duplicates_and_holes(lines)
+        if dups:
+            raise Failed(f"{what}: {len(dups)} readings logged more than once, e.g. {dups[:3]}")
+        missing = also(lines) if also else None
+        if len(lines) >= at_least and not holes and not missing:
             return lines
-        return Pending(f"{n} results; {problems[:3]}")
+        return Pending(f"{len(lines)} results; {holes[:3]}; {missing or ''}")
 
     lines = wait_until(f"{what}: >= {at_least} results, complete and unique", timeout, check)
     log(f"{what}: {len(lines)} results, complete and unique")
@@ -380,7 +389,7 @@ def main() -> None:
     readme("curl -X POST 'http://localhost:4151/channel/create?topic=sensor_data.dead&channel=inspect'")
     readme("curl -d 'not a reading' 'http://localhost:4151/pub?topic=sensor_data'")
     wait_until("the dead letter on channel inspect", 60,
-               lambda: (d := depth("sensor_data.dead", "inspect")) and d >= 1)
+               lambda: (c := channel_stats("sensor_data.dead", "inspect")) and c["depth"] + c["in_flight_count"] >= 1)
     # The dead letter carries the original body, which is text here, and its reason.
     readme_for(
         "docker compose exec nsqd nsq_tail --lookupd-http-address=nsqlookupd:4161 "
@@ -421,41 +430,25 @@ def main() -> None:
     if status != 200:
         raise Failed(f"worker-consul's /ready: {status} {body}")
 
-    def consul_worker_results():
-        lines = results_file()
-        mine = sum(1 for r in lines if r["worker_id"].startswith(host))
-        _, problems = completeness(lines)
-        if any("more than once" in p for p in problems):
-            raise Failed(f"with the consul profile: {problems}")
-        return lines if mine and not problems else Pending(f"{mine} results from {host}; {problems[:3]}")
+    def none_from_consul_worker(lines):
+        return None if any(r["worker_id"].startswith(host) for r in lines) else f"no result from {host}"
 
-    wait_until("results from worker-consul, complete and unique", 90, consul_worker_results)
+    complete_and_unique("with the consul profile", at_least=1, also=none_from_consul_worker)
     log(f"consul profile: workers passing in Consul {ids}; worker-consul ({host}) logged results")
     readme("docker compose --profile consul down", timeout=300)
     nothing_left("docker compose --profile consul down")
 
     readme("docker compose --profile archive down -v", timeout=300)
-    volumes = own(["docker", "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={ROOT.name}"]).split()
+    volumes = own(["docker", "volume", "ls", "-q", "--filter", PROJECT_LABEL]).split()
     if volumes:
         raise Failed(f"`down -v` left volumes: {volumes}")
     log(f"passed in {time.monotonic() - STARTED:.0f} s")
 
 
 def nothing_left(after: str) -> None:
-    left = own(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={ROOT.name}"]).split()
+    left = own(["docker", "ps", "-aq", "--filter", PROJECT_LABEL]).split()
     if left:
         raise Failed(f"`{after}` left {len(left)} containers of the project")
-
-
-def depth(topic: str, channel: str) -> int | None:
-    stats = get_json(f"http://127.0.0.1:4151/stats?format=json&topic={topic}")
-    if not stats:
-        return None
-    for t in stats.get("topics", []):
-        for c in t.get("channels", []) if t["topic_name"] == topic else []:
-            if c["channel_name"] == channel:
-                return c["depth"] + c["in_flight_count"]
-    return None
 
 
 if __name__ == "__main__":
@@ -465,9 +458,8 @@ if __name__ == "__main__":
     except Exception as e:  # a failed check, or the test's own error: both fail the run
         log(f"FAILED: {type(e).__name__}: {e}")
         # What the containers were doing, for the reader of a failed CI run.
-        every = ["--profile", "archive", "--profile", "consul"]
-        for args in (["docker", "compose", *every, "ps", "-a"],
-                     ["docker", "compose", *every, "logs", "--tail", "30", "--no-color"]):
+        for args in (["docker", "compose", *EVERY_PROFILE, "ps", "-a"],
+                     ["docker", "compose", *EVERY_PROFILE, "logs", "--tail", "30", "--no-color"]):
             done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60)
             print(done.stdout[-20000:], done.stderr[-2000:], file=sys.stderr)
         sys.exit(1)
