@@ -318,11 +318,20 @@ async fn close_sends_cls_and_leaves_nothing_in_flight() {
         m.finish();
         handled += 1;
     }
-    let stats = nsqd.channel_stats(topic, "c").await.unwrap();
-    assert!(
-        stats["in_flight_count"].as_u64().unwrap() > 0,
-        "messages in flight before close"
-    );
+    // The test now stops taking messages, so nsqd fills the consumer's RDY (50) and they stay
+    // in flight. One /stats read right after the loop could see 0 on a loaded machine: the
+    // loop above finishes each message as it arrives, so while nsqd is the slower side it
+    // has nothing outstanding between two sends. 10 s is far more than nsqd needs to send 50.
+    wait_until(
+        "messages in flight before close",
+        Duration::from_secs(10),
+        || async {
+            nsqd.channel_stats(topic, "c").await.unwrap()["in_flight_count"]
+                .as_u64()
+                .is_some_and(|n| n > 0)
+        },
+    )
+    .await;
     let started = Instant::now();
     let closer = {
         let c = consumer.clone();
